@@ -240,6 +240,131 @@ class WhisperEncoder(nn.Module):
         return model.eval()
 
 
+class WhisperDecoderLayer(nn.Module):
+    def __init__(self, d: int, n_heads: int, ffn: int):
+        super().__init__()
+        self.self_attn = WhisperAttention(d, n_heads)
+        self.self_attn_layer_norm = nn.LayerNorm(d)
+        self.encoder_attn = WhisperAttention(d, n_heads)
+        self.encoder_attn_layer_norm = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, ffn)
+        self.fc2 = nn.Linear(ffn, d)
+        self.final_layer_norm = nn.LayerNorm(d)
+
+    def forward(self, x, audio_kv, cache, t0):
+        """x (B, T, d) new tokens at positions t0..t0+T-1; cache (k, v) (B, H, n_text_ctx, hd) is written
+        in place; audio_kv is this layer's cross-attention (k, v), computed once per clip."""
+        attn = self.self_attn
+        h = self.self_attn_layer_norm(x)
+        k, v = attn.split_heads(attn.k_proj(h)), attn.split_heads(attn.v_proj(h))
+        T = x.shape[1]
+        cache[0][:, :, t0:t0 + T], cache[1][:, :, t0:t0 + T] = k, v
+        # causal over everything written so far: query i sees keys 0..t0+i
+        mask = torch.ones(T, t0 + T, dtype=torch.bool, device=x.device).tril(t0)
+        x = x + attn(h, kv=(cache[0][:, :, :t0 + T], cache[1][:, :, :t0 + T]), mask=mask)
+        x = x + self.encoder_attn(self.encoder_attn_layer_norm(x), kv=audio_kv)
+        return x + self.fc2(F.gelu(self.fc1(self.final_layer_norm(x))))
+
+
+class WhisperDecoder(nn.Module):
+    """Text decoder: learned positions, causal self-attention, cross-attention, output tied to the embedding."""
+
+    def __init__(self, cfg: WhisperConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, d)
+        self.embed_positions = nn.Embedding(cfg.n_text_ctx, d)
+        self.layers = nn.ModuleList(WhisperDecoderLayer(d, cfg.decoder_heads, cfg.decoder_ffn_dim)
+                                    for _ in range(cfg.decoder_layers))
+        self.layer_norm = nn.LayerNorm(d)
+
+    def audio_kv(self, audio):  # encoder output (B, 1500, d) -> per-layer cross-attention (k, v)
+        return [(l.encoder_attn.split_heads(l.encoder_attn.k_proj(audio)),
+                 l.encoder_attn.split_heads(l.encoder_attn.v_proj(audio))) for l in self.layers]
+
+    def new_cache(self, batch: int):
+        w = self.embed_tokens.weight
+        hd = self.cfg.d_model // self.cfg.decoder_heads
+        shape = (batch, self.cfg.decoder_heads, self.cfg.n_text_ctx, hd)
+        return [(w.new_zeros(shape), w.new_zeros(shape)) for _ in self.layers]
+
+    def forward(self, tokens, audio_kv, cache, t0: int = 0):  # tokens (B, T) -> logits (B, T, vocab)
+        x = self.embed_tokens(tokens) + self.embed_positions.weight[t0:t0 + tokens.shape[1]]
+        for layer, kv, c in zip(self.layers, audio_kv, cache):
+            x = layer(x, kv, c, t0)
+        return self.layer_norm(x) @ self.embed_tokens.weight.T
+
+
+class Whisper(nn.Module):
+    """Encoder + decoder, for speech recognition (the paper's inference transcribes speech first, SPEC 5)."""
+
+    def __init__(self, cfg: WhisperConfig):
+        super().__init__()
+        self.model = nn.ModuleDict(dict(encoder=WhisperEncoder(cfg), decoder=WhisperDecoder(cfg)))  # HF key names
+
+    @property
+    def encoder(self) -> WhisperEncoder:
+        return self.model["encoder"]
+
+    @property
+    def decoder(self) -> WhisperDecoder:
+        return self.model["decoder"]
+
+    @classmethod
+    def from_pretrained(cls, folder, dtype=torch.float32, device="cpu") -> "Whisper":
+        folder = Path(folder)
+        cfg = WhisperConfig.from_hf(read_json(folder / "config.json"), str(folder / "config.json"))
+        model = empty_model(cls, cfg, dtype, device)
+        load_weights(model, folder, ignore=("proj_out.",))  # proj_out is the tied embedding
+        gen = folder / "generation_config.json"
+        model.generation = read_json(gen) if gen.is_file() else read_json(folder / "config.json")
+        model.tokenizer = Tokenizer.from_pretrained(folder)
+        return model.eval()
+
+    def prompt(self, language: str = "en") -> list[int]:
+        """Start of transcript (+ language + transcribe for multilingual models) + no timestamps."""
+        s = self.tokenizer.special
+        ids = [s["<|startoftranscript|>"]]
+        if self.generation.get("is_multilingual", f"<|{language}|>" in s and "<|transcribe|>" in s):
+            ids += [s[f"<|{language}|>"], s["<|transcribe|>"]]
+        return ids + [s["<|notimestamps|>"]]
+
+    @torch.no_grad()
+    def transcribe(self, mel: torch.Tensor, max_new_tokens: int = 128, language: str = "en") -> list[str]:
+        """Greedy, batched, KV-cached decoding of log-mel (B, n_mels, 3000) -> texts.
+
+        As the reference decoder: `suppress_tokens` are never produced, `begin_suppress_tokens` (blank,
+        end of text) not as the first token; a row that produced end-of-text stays finished.
+        """
+        B = mel.shape[0]
+        audio, _ = self.encoder(mel)
+        audio_kv = self.decoder.audio_kv(audio)
+        cache = self.decoder.new_cache(B)
+        eot = self.tokenizer.special["<|endoftext|>"]
+        suppress = torch.tensor(self.generation.get("suppress_tokens") or [], dtype=torch.long)
+        begin = torch.tensor(self.generation.get("begin_suppress_tokens") or [], dtype=torch.long)
+        prompt = self.prompt(language)
+        tokens = torch.tensor([prompt] * B, device=mel.device)
+        max_new_tokens = min(max_new_tokens, self.decoder.cfg.n_text_ctx - len(prompt))
+        out = torch.full((B, max_new_tokens), eot, dtype=torch.long, device=mel.device)
+        done = torch.zeros(B, dtype=torch.bool, device=mel.device)
+        t0 = 0
+        for i in range(max_new_tokens):
+            logits = self.decoder(tokens, audio_kv, cache, t0)[:, -1].float()
+            t0 += tokens.shape[1]
+            logits[:, suppress] = -math.inf
+            if i == 0:
+                logits[:, begin] = -math.inf
+            nxt = torch.where(done, eot, logits.argmax(-1))
+            out[:, i] = nxt
+            done |= nxt == eot
+            if done.all():
+                break
+            tokens = nxt[:, None]
+        return [self.tokenizer.decode([t for t in row if t != eot], skip_special=True).strip() for row in out.tolist()]
+
+
 # -----------------------------------------------------------------------------------------------
 # 3. Llama family (SPEC 6)
 # -----------------------------------------------------------------------------------------------
@@ -545,11 +670,14 @@ class Tokenizer:
             self.bos_id = special["<|begin_of_text|>"]
             self.stop_ids = [special[s] for s in ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")]
             self.eot_id = special["<|eot_id|>"]
-        else:  # ChatML
+        elif chat_format == "chatml":
             self.bos_id = None
             self.eot_id = special["<|im_end|>"]
             self.stop_ids = sorted({self.eot_id} | {special[s] for s in ("<|endoftext|>",) if s in special})
-        self.pad_id = self.stop_ids[0]  # never attended to; any valid id works
+        else:  # no chat (Whisper's tokenizer)
+            self.bos_id = self.eot_id = None
+            self.stop_ids = [special["<|endoftext|>"]] if "<|endoftext|>" in special else []
+        self.pad_id = self.stop_ids[0] if self.stop_ids else 0  # never attended to; any valid id works
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -612,8 +740,6 @@ class Tokenizer:
             rank_to_id[ranks[to_bytes(tok)]] = i
         special = {t["content"]: t["id"] for t in d.get("added_tokens", [])}
         fmt = "llama3" if "<|start_header_id|>" in special else "chatml" if "<|im_start|>" in special else None
-        if fmt is None:
-            raise CheckpointError(f"{path}: no chat format recognised (need <|start_header_id|> or <|im_start|>)")
         return cls(Path(path).name, pattern, ranks, special, rank_to_id, fmt, chat_template)
 
     # -- encode / decode ---------------------------------------------------------------------
@@ -645,6 +771,8 @@ class Tokenizer:
 
     def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """The model's chat template as text (what HF's jinja template renders, for plain chat)."""
+        if self.chat_format is None:
+            raise ValueError("this tokenizer has no chat format")
         out = []
         if self.chat_format == "llama3":
             system = ""
