@@ -452,7 +452,7 @@ class RMSNorm(nn.Module):
 
 
 class KVCache(nn.Module):
-    """A static, preallocated cache (gpt-fast): writes land at explicit slots, shapes never change."""
+    """A static, preallocated cache (gpt-fast): one row per batch slot, shapes never change."""
 
     def __init__(self, batch: int, n_kv_heads: int, max_len: int, head_dim: int, dtype, device):
         super().__init__()
@@ -460,11 +460,9 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, cache_pos, k, v):  # cache_pos (B, T) slots; k, v (B, Hkv, T, hd)
-        rows = torch.arange(k.shape[0], device=k.device)[:, None]
-        self.k[rows, :, cache_pos] = k.transpose(1, 2)
-        self.v[rows, :, cache_pos] = v.transpose(1, 2)
-        return self.k, self.v
+    def update(self, rows, pos, k, v):  # rows (B,) cache rows; pos (B, T) positions; k, v (B, Hkv, T, hd)
+        self.k[rows[:, None], :, pos] = k.transpose(1, 2)
+        self.v[rows[:, None], :, pos] = v.transpose(1, 2)
 
 
 class LlamaAttention(nn.Module):
@@ -477,14 +475,16 @@ class LlamaAttention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x, cos, sin, mask, cache_pos=None):
+    def forward(self, x, cos, sin, mask, write=None, read_cache=False):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if self.kv_cache is not None:
-            k, v = self.kv_cache.update(cache_pos, k, v)
+        if write is not None:  # (rows, pos): where this step's keys/values go in the cache
+            self.kv_cache.update(*write, k, v)
+        if read_cache:         # decode: attend over the whole cache; the mask hides unused positions
+            k, v = self.kv_cache.k, self.kv_cache.v
         # GQA: SDPA broadcasts each KV head over its query group, no repeated copies in memory
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
@@ -509,8 +509,8 @@ class LlamaBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = LlamaMLP(cfg)
 
-    def forward(self, x, cos, sin, mask, cache_pos=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache_pos)
+    def forward(self, x, cos, sin, mask, write=None, read_cache=False):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, write, read_cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -544,13 +544,14 @@ class Llama(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
-    def hidden(self, tokens=None, embeds=None, attn_mask=None, pos=None, mask=None, cache_pos=None):
+    def hidden(self, tokens=None, embeds=None, attn_mask=None, pos=None, mask=None, write=None, read_cache=False):
         """Final normed hidden states (B, T, dim).
 
         tokens (B, T) ids, or embeds (B, T, dim) (DeSTA splices audio vectors into these).
-        Without a cache: attn_mask (B, T) bool marks real tokens (default: all); positions and the
-        causal mask are derived from it. With a cache (generate.py): the caller passes pos (B, T) RoPE
-        positions, cache_pos (B, T) cache slots and mask (B, 1, T, cache_len).
+        Plain use: attn_mask (B, T) bool marks real tokens (default: all); RoPE positions and the causal
+        mask are derived from it. With a KV cache (generate.py) the caller passes pos (B, T) positions,
+        mask (B, 1, T, keys), write=(rows (B,), pos (B, T)) to store this step's keys/values, and
+        read_cache=True to attend over the whole cache instead of this step's keys only.
         """
         x = self.embed_tokens(tokens) if embeds is None else embeds
         B, T, _ = x.shape
@@ -563,7 +564,7 @@ class Llama(nn.Module):
         angles = torch.cat((angles, angles), dim=-1)[:, None]                 # (B, 1, T, hd)
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, cache_pos)
+            x = layer(x, cos, sin, mask, write, read_cache)
         return self.norm(x)
 
     def forward(self, tokens=None, embeds=None, attn_mask=None, **kw) -> torch.Tensor:

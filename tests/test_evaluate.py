@@ -1,0 +1,529 @@
+"""Tests for evaluate.py: the benchmark loaders (on tiny files written here in each benchmark's layout),
+the official scorers, the IFEval checkers (Speech-IFEval variants included) and the judge protocol
+(against a local 127.0.0.1 server only)."""
+import csv
+import json
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import evaluate as E  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / ".." / "shared" / "fixtures"
+MMAU_RESULTS = FIXTURES / "mmau-test-mini_desta25_results.json"
+
+
+def need_mmau_fixture():
+    if not MMAU_RESULTS.exists():
+        pytest.skip(f"fixture {MMAU_RESULTS} absent (the ../shared/fixtures folder is not in a user's clone)")
+
+
+# ---------------------------------------------------------------------------------------------- MMAU
+
+def test_mmau_fixture_reproduces_published_scores():
+    need_mmau_fixture()
+    rows = E.load_mmau(MMAU_RESULTS)
+    assert len(rows) == 1000
+    for key in ("model_prediction", "model_output"):  # the authors' extracted answers, and ours from the raw output
+        s = E.score_mmau(rows, {r["id"]: r[key] for r in rows}).scores
+        got = {t: round(v["acc"], 2) for t, v in s["task"].items()}
+        assert got == {"sound": 70.57, "music": 56.29, "speech": 71.17}, key
+        assert round(s["total"]["acc"], 2) == 66.00
+        assert s["total"]["n"] == 1000 and s["no_prediction"] == 0
+        assert sum(v["n"] for v in s["difficulty"].values()) == 1000
+        assert len(s["sub-category"]) == 27
+
+
+def test_mmau_extraction_matches_authors_predictions():
+    need_mmau_fixture()
+    for row in E.read_json(MMAU_RESULTS):
+        # theirs: the output without the prefix, stripped; ours also unwraps quotes: same word tokens
+        ours = E.extract_mmau_answer(row["model_output"])
+        assert E._mmau_tokens(ours) == E._mmau_tokens(row["model_prediction"])
+        assert ours == row["model_prediction"] or '"' in row["model_prediction"] or ours == row["model_prediction"].strip()
+
+
+def test_mmau_string_match_rule():
+    choices = ["A man speaking", "A woman speaking", "A dog barking", "Rain"]
+    ok = E.mmau_string_match
+    assert ok("A man speaking", "a man speaking.", choices)
+    assert ok("A man speaking", "man speaking", choices) is False  # 'a' is an answer token too
+    assert ok("A man speaking", "A man speaking, not rain", choices) is False  # names a wrong-only token
+    assert ok("A man speaking", "A man is speaking loudly", choices)  # extra words are fine
+    assert ok("A man speaking", "", choices) is False
+    assert ok("A man speaking", "...", choices) is False  # no word tokens = empty
+
+
+def test_mmau_question_separators():
+    q = E.mmau_question
+    assert q("Q?", ["x"]) == 'Q? Choose from the following options: "x"'
+    assert q("Q?", ["x", "y"]) == 'Q? Choose from the following options: "x" or "y"'
+    assert q("Q?", ["x", "y", "z"]) == 'Q? Choose from the following options: "x", "y" or "z"'
+    assert q("Q?", list("abcd")) == 'Q? Choose from the following options: "a", "b", "c" or "d"'
+
+
+def test_mmau_answer_extraction_tricky():
+    choices = ["Male", "Female"]
+    pred = E.extract_mmau_answer("The correct answer is: (b) Male.")
+    assert pred == "(b) Male."
+    assert E.mmau_string_match("Male", pred, choices)
+    assert E.extract_mmau_answer('The correct answer is: "Female".') == "Female"
+    two = E.extract_mmau_answer("The correct answer is: Male or Female")
+    assert not E.mmau_string_match("Male", two, choices)
+    assert E.extract_mmau_answer("") == ""
+    assert not E.mmau_string_match("Male", E.extract_mmau_answer(""), choices)
+
+
+def test_mmau_loader_prompt_and_errors(tmp_path):
+    item = {"id": "u1", "audio_id": "./test-mini-audios/u1.wav", "question": "Which animal?",
+            "choices": ["Dog", "Cat"], "answer": "Dog", "task": "sound", "difficulty": "easy",
+            "sub-category": "Animal"}
+    path = tmp_path / "mmau-test-mini.json"
+    path.write_text(json.dumps([item]))
+    rows = E.load_mmau(path, audio_root=tmp_path / "data")
+    assert rows[0]["audio"] == str(tmp_path / "data" / "test-mini-audios" / "u1.wav")
+    p = E.mmau_prompt(rows[0])
+    assert p.system == E.SYSTEM_MMAU and p.audios == [rows[0]["audio"]] and p.audio_sep == "\n\n"
+    assert p.user == 'Which animal? Choose from the following options: "Dog" or "Cat"'
+    s = E.score_mmau(rows, {}).scores  # no response -> wrong, counted
+    assert s["total"]["acc"] == 0 and s["no_prediction"] == 1
+    del item["answer"]
+    path.write_text(json.dumps([item]))
+    with pytest.raises(ValueError, match=r"item 0.*answer"):
+        E.load_mmau(path)
+
+
+# ------------------------------------------------------------------------------------- Speech-IFEval
+
+SIF = E.SPEECH_IFEVAL_CHECKERS
+
+
+def follows(iid, response, checkers=SIF, **kw):
+    return E.follows_instruction(checkers, iid, response, kw)
+
+
+# (instruction id, kwargs, passing response, failing response)
+SIF_CASES = [
+    ("change_case:english_capital", {}, "HELLO WORLD, 2 TIMES.", "Hello WORLD"),
+    ("change_case:english_lowercase", {}, "hello world, 2 times.", "hello World"),
+    ("detectable_format:json_format", {}, '```json\n{"answer": "yes"}\n```', '{"answer": yes}'),
+    ("detectable_format:json_format", {}, '{"a": [1, 2]}', "Here is the JSON: {\"a\": 1}"),
+    ("startend:quotation", {}, '  "The speaker is happy."  ', '"The speaker is happy.'),
+    ("detectable_format:title", {}, "<<A Calm Morning>>\nThe birds sing.", "<< >> no title here"),
+    ("combination:repeat_prompt", {"prompt_to_repeat": "What is the emotion?"},
+     '"What is the emotion? The emotion is sad.', "Sure! What is the emotion? Sad."),
+    ("startend:end_checker", {"end_phrase": "Is there anything else I can help with?"},
+     'The speaker sounds sad. Is there anything else I can help with?"', "Is there anything else I can help with? Yes."),
+    ("detectable_format:number_bullet_lists", {"num_bullets": 3}, "* one\n- two\n• three", "* one\n* two"),
+    ("detectable_format:number_bullet_lists", {"num_bullets": 2}, "1. first point\n2. second point",
+     "1. first\n2. second\n3. third"),
+    ("keywords:existence", {"keywords": ["rain", "umbrella"]}, "Bring an Umbrella, the RAIN is coming.",
+     "Bring an umbrella."),
+    ("keywords:forbidden_words", {"forbidden_words": ["sad", "cry"]}, "The speaker is saddened.",
+     "The speaker is sad."),
+    ("length_constraints:number_words", {"num_words": 5, "relation": "less than"}, "Four words right here.",
+     "These are exactly five words."),
+    ("length_constraints:number_words", {"num_words": 3, "relation": "at least"}, "one two three", "one two"),
+    ("length_constraints:number_sentences", {"num_sentences": 2, "relation": "less than"},
+     "Mr. Smith arrived at 5 p.m. today.", "He arrived. He left."),
+    ("length_constraints:number_sentences", {"num_sentences": 3, "relation": "at least"},
+     "One. Two! Three?", "One. Two."),
+    ("length_constraints:number_paragraphs", {"num_paragraphs": 3}, "First.\nSecond.\n\nThird.", "First.\nSecond."),
+    ("length_constraints:number_paragraphs", {"num_paragraphs": 2}, "Part one.\n***\nPart two.\n",
+     "Part one. *** *** Part two."),
+]
+
+
+@pytest.mark.parametrize("iid,kw,good,bad", SIF_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(SIF_CASES)])
+def test_speech_ifeval_checker(iid, kw, good, bad):
+    assert follows(iid, good, **kw) is True
+    assert follows(iid, bad, **kw) is False
+    assert follows(iid, "   ", **kw) is False  # strict mode: an empty response follows nothing
+
+
+def test_speech_ifeval_covers_its_13_instruction_types():
+    used = {c[0] for c in SIF_CASES}
+    assert len(used) == 13 and used <= set(SIF)
+
+
+def test_speech_ifeval_variants_differ_from_google():
+    G = E.GOOGLE_IFEVAL_CHECKERS
+    digits = "1. first\n2. second"
+    assert follows("detectable_format:number_bullet_lists", digits, num_bullets=2)
+    assert not follows("detectable_format:number_bullet_lists", digits, G, num_bullets=2)
+    literal_newlines = "* one\\n* two"  # a response holding backslash-n text
+    assert follows("detectable_format:number_bullet_lists", literal_newlines, num_bullets=2)
+    lines = "a\nb\nc"
+    assert follows("length_constraints:number_paragraphs", lines, num_paragraphs=3)
+    assert not follows("length_constraints:number_paragraphs", lines, G, num_paragraphs=3)
+    quoted = '"Repeat this please" and more'
+    assert follows("combination:repeat_prompt", quoted, prompt_to_repeat="Repeat this please")
+    assert not follows("combination:repeat_prompt", quoted, G, prompt_to_repeat="Repeat this please")
+    assert E.check_capital_speech_ifeval("ÉTÉ 2024")  # isupper only, no language detection
+
+
+def test_sentence_counting():
+    assert E.count_sentences("") == 0
+    assert E.count_sentences("No final stop") == 1
+    assert E.count_sentences("Dr. Who met Mr. Smith. They talked.") == 2
+    assert E.count_sentences("It was 1862. Then it ended.") == 2
+    assert E.count_sentences("Two steps.\n1. Mix it.\n2. Bake it.") == 3  # '1.' opening a line is a list marker
+    assert E.count_sentences("I waited... and waited. Done!") == 2
+
+
+def test_checker_bad_kwargs_are_named():
+    with pytest.raises(ValueError, match="row 7.*number_words"):
+        E.follows_instruction(SIF, "length_constraints:number_words", "a b", {"num": 3}, "row 7")
+    with pytest.raises(ValueError, match="unknown instruction id"):
+        E.follows_instruction(SIF, "no:such", "a", {}, "row 1")
+
+
+def write_jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def speech_ifeval_fixture(tmp_path):
+    data = tmp_path / "data"
+    closed = [
+        {"id": 0, "audio_filepath": "Gender_recognition/a.wav", "textual_audio": "[00:00-00:01] hi",
+         "instruction": "What is the gender?\nAnswer in capitals.", "dataset": "Gender_recognition",
+         "metric": "accuracy", "instruction_id_list": ["change_case:english_capital"], "kwargs": [{}], "label": "Male"},
+        {"id": 1, "audio_filepath": "Gender_recognition/b.wav", "textual_audio": "x", "instruction": "Wrap in quotes.",
+         "dataset": "Gender_recognition", "metric": "accuracy", "instruction_id_list": ["startend:quotation"],
+         "kwargs": [{}], "label": "Female"},
+    ]
+    creative = [{"audio_filepath": "ASR/c.flac", "key": "bullet-points-0", "textual_audio": "x",
+                 "instruction": "Give 2 bullet points.", "dataset": "ASR", "metric": "open",
+                 "instruction_id_list": ["detectable_format:number_bullet_lists"], "kwargs": [{"num_bullets": 2}],
+                 "id": 934}]
+    cot = [{"audio_filepath": "MMAU/d.wav", "textual_audio": "x", "instruction": "Count the words. Think step by step.",
+            "dataset": "MMAU", "metric": "cot"}]
+    write_jsonl(data / "eval_data" / "closed_ended_questions.jsonl", closed)
+    write_jsonl(data / "eval_data" / "creative_writing.jsonl", creative)
+    write_jsonl(data / "eval_data" / "chain-of-thought.jsonl", cot)
+    responses = {"0": "MALE", "1": "Female", "934": "- one\n- two", "chain_of_thought-0": "First, I count. Then 8."}
+    return data, responses
+
+
+def test_speech_ifeval_loader_and_rates_without_judge(tmp_path):
+    data, responses = speech_ifeval_fixture(tmp_path)
+    rows = E.load_speech_ifeval(data)
+    assert [r["id"] for r in rows] == ["0", "1", "934", "chain_of_thought-0"]
+    assert rows[0]["audio"] == str(data / "audios" / "Gender_recognition" / "a.wav")
+    assert E.speech_ifeval_prompt(rows[0]).user == rows[0]["instruction"]
+    s = E.score_speech_ifeval(rows, responses).scores
+    assert s["closed_ended"] == 50.0 and s["creative_writing"] == 100.0
+    assert s["chain_of_thought"] is None and s["ifrate"] is None and s["missing"] == ["chain_of_thought"]
+
+
+def test_speech_ifeval_loader_errors(tmp_path):
+    bad = tmp_path / "eval_data" / "closed_ended_questions.jsonl"
+    write_jsonl(bad, [{"audio_filepath": "a.wav", "instruction": "x", "metric": "accuracy",
+                       "instruction_id_list": ["startend:quotation"]}])
+    with pytest.raises(ValueError, match=r"row 0.*kwargs"):
+        E.load_speech_ifeval(tmp_path)
+    bad.write_text("{not json\n")
+    with pytest.raises(ValueError, match="closed_ended_questions.jsonl:1"):
+        E.load_speech_ifeval(tmp_path)
+
+
+# ----------------------------------------------------------------------- judge (local server only)
+
+class FakeJudge:
+    """A local OpenAI-compatible endpoint that records requests and answers by a rule."""
+
+    def __init__(self, answer):
+        self.requests, judge = [], self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                judge.requests.append((self.path, dict(self.headers), body))
+                reply = json.dumps({"choices": [{"message": {"content": answer(body)}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.config = E.JudgeConfig(f"http://127.0.0.1:{self.server.server_port}/v1", "test-key", "judge-model")
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_speech_ifeval_cot_judge_ifrate_and_delta(tmp_path):
+    data, responses = speech_ifeval_fixture(tmp_path)
+    judge = FakeJudge(lambda body: "Result: YES" if "Then" in body["messages"][1]["content"] else "Result: NO")
+    try:
+        s = E.score_speech_ifeval(E.load_speech_ifeval(data), responses, judge.config, reference_ifrate=80.0).scores
+    finally:
+        judge.close()
+    path, headers, body = judge.requests[0]
+    assert path == "/v1/chat/completions" and headers["Authorization"] == "Bearer test-key"
+    assert body["model"] == "judge-model" and body["messages"][0]["content"] == E.COT_JUDGE_SYSTEM
+    assert body["messages"][1]["content"].startswith("User input: Count the words.")
+    assert s["chain_of_thought"] == 100.0
+    assert s["ifrate"] == pytest.approx((50 + 100 + 100) / 3)
+    assert s["delta"] == pytest.approx((s["ifrate"] - 80) / 80 * 100)
+
+
+def sakura_fixture(tmp_path):
+    fields = list(E.SAKURA_FIELDS)
+    rows = {
+        "Gender": [{"file": "g1.wav", "attribute_label": "female",
+                    "single_instruction": "What is the speaker's gender? (a) Female (b) Male", "single_answer": "(a) Female",
+                    "multi_instruction": "Which address fits? (a) Sir (b) Madam", "multi_answer": " (b) Madam"}],
+        "Emotion": [{"file": "e1.wav", "attribute_label": "happy",
+                     "single_instruction": "What emotion? (a) happy (b) sad (c) angry (d) neutral", "single_answer": "(a) happy",
+                     "multi_instruction": "Which sentence fits? (a) I am thrilled, truly! (b) Leave me alone.",
+                     "multi_answer": "(a) I am thrilled, truly!"}],
+    }
+    for track, items in rows.items():
+        (tmp_path / track / "audio").mkdir(parents=True)
+        with open(tmp_path / track / "metadata.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(items)
+    return tmp_path
+
+
+def test_sakura_loader_options_and_rule_matcher(tmp_path):
+    root = sakura_fixture(tmp_path)
+    rows = E.load_sakura(root, tracks=("Gender", "Emotion"))
+    assert [r["id"] for r in rows] == ["Gender/single/g1.wav", "Gender/multi/g1.wav", "Emotion/single/e1.wav",
+                                       "Emotion/multi/e1.wav"]
+    assert rows[1]["answer"] == "(b) Madam"  # stripped
+    assert rows[0]["audio"] == str(root / "Gender" / "audio" / "g1.wav")
+    assert E.parse_sakura_options(rows[3]["instruction"]) == {"a": "I am thrilled, truly!", "b": "Leave me alone."}
+    m = lambda resp, i: E.match_sakura_option(resp, rows[i]["instruction"], rows[i]["answer"])[1]  # noqa: E731
+    assert m("The speaker is female.", 0) and not m("The speaker is male.", 0)
+    assert not m("Female or male, hard to say.", 0)  # two options chosen
+    assert m("(b)", 1) and m("b", 1) and m("B) Madam", 1) and not m("(a) Sir", 1)
+    assert m("The speaker expresses happiness.", 2)  # a derivative, as the judge accepts
+    assert not m("I cannot tell.", 2)
+    assert m('I would pick "I am thrilled, truly!"', 3)
+    s = E.score_sakura(rows, {rows[0]["id"]: "Female", rows[1]["id"]: "(a) Sir"}).scores
+    assert s["tracks"]["Gender/single"]["acc"] == 100.0 and s["tracks"]["Gender/multi"]["acc"] == 0.0
+    assert s["single"] == 50.0 and "approximate" in s["method"]
+
+
+def test_sakura_missing_metadata_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="Animal/metadata.csv"):
+        E.load_sakura(tmp_path)
+
+
+def test_sakura_official_judge_protocol(tmp_path):
+    rows = E.load_sakura(sakura_fixture(tmp_path), tracks=("Gender",))
+
+    def answer(body):
+        user = body["messages"][1]["content"]
+        verdict = "correct" if "Model generated response: Female" in user else "incorrect"
+        return f"Explanation: checked.\nJudgement: {verdict}"
+
+    judge = FakeJudge(answer)
+    try:
+        s = E.score_sakura(rows, {rows[0]["id"]: "Female", rows[1]["id"]: "Sir"}, judge.config).scores
+    finally:
+        judge.close()
+    body = judge.requests[0][2]
+    assert body["temperature"] == 0.0 and body["top_p"] == 0.9
+    assert body["messages"][0]["content"] == E.SAKURA_JUDGE_SYSTEM
+    user = body["messages"][1]["content"]
+    assert "Question: What is the speaker's gender? (a) Female (b) Male\nGround truth answer: (a) Female" in user
+    assert s["single"] == 100.0 and s["multi"] == 0.0 and s["unparsed_judgements"] == 0
+    assert E.extract_sakura_judgement("no format") == ("No extracted explanation", "No extracted judgement")
+
+
+# ---------------------------------------------------------------------------------- Dynamic-SUPERB
+
+def test_candidate_label_parsing():
+    p = E.parse_candidate_labels
+    assert p("Recognize the emotion. The answer could be anger, disgust, sadness, joy, neutral, surprise, or fear.") == \
+        ["anger", "disgust", "sadness", "joy", "neutral", "surprise", "fear"]
+    assert p("Verify if the speech and text are congruent. The answer could be yes or no.") == ["yes", "no"]
+    assert p("Does it contain speech? Please answer yes or no.") == ["yes", "no"]
+    assert p("How many speakers? Choose from: 1, 2, 3, 4") == ["1", "2", "3", "4"]
+    assert p("Options: clean, noisy") == ["clean", "noisy"]
+    assert p("Transcribe the audio.") == []
+
+
+def test_dynamic_superb_label_matching():
+    emo = "The answer could be anger, disgust, fear, sadness, happiness, surprise, or no emotion."
+    m = E.match_dynamic_superb
+    assert m("Based on the dialogue, the corresponding emotion is sadness.", "Sadness", emo)[1]
+    assert not m("It could be sadness or fear.", "sadness", emo)[1]
+    assert m("There is no emotion here.", "no emotion", emo)[1]  # not also 'no'
+    yn = "Scrutinize the first clip. The answer could be yes or no."
+    assert m("I would say NO, it is not the same speaker.", "no", yn)[1]
+    assert not m("Yes.", "no", yn)[1]
+    assert m("There are two speakers.", "2", "How many speakers? The answer could be 1, 2, 3, 4, or 5.")[1]
+    assert not m("", "no", yn)[1]
+
+
+def test_dynamic_superb_groups_are_the_48_speech_instances():
+    groups = E.DYNAMIC_SUPERB_GROUPS
+    assert len(groups) == 48
+    assert {g: list(groups.values()).count(g) for g in E.DYNAMIC_SUPERB_GROUP_ORDER} == \
+        {"CON": 11, "SEM": 6, "PAR": 7, "DEG": 19, "SPK": 5}
+
+
+def test_dynamic_superb_loader_jsonl_layout_and_scores(tmp_path):
+    def export(name, items):
+        folder = tmp_path / name
+        (folder / "audio").mkdir(parents=True)
+        for it in items:
+            for col in ("audio", "audio2"):
+                if it.get(col):
+                    (folder / it[col]).write_bytes(b"RIFF")
+        write_jsonl(folder / "test.jsonl", items)
+
+    export("SpeechTextMatching_LJSpeech", [
+        {"audio": "audio/0.wav", "instruction": "Are they congruent? The answer could be yes or no.",
+         "label": "yes", "text": "hello there"},
+        {"audio": "audio/1.wav", "instruction": "Are they congruent? The answer could be yes or no.",
+         "label": "no", "text": "good bye"}])
+    export("DynamicSuperb--SpeakerVerification_VCTK", [
+        {"audio": "audio/a.wav", "audio2": "audio/b.wav", "label": "yes",
+         "instruction": "Same speaker? The answer could be yes or no."}])
+    rows = E.load_dynamic_superb(tmp_path)
+    assert [r["instance"] for r in rows] == ["SpeechTextMatching_LJSpeech"] * 2 + ["SpeakerVerification_VCTK"]
+    assert rows[0]["audio"] == str(tmp_path / "SpeechTextMatching_LJSpeech" / "audio" / "0.wav")
+    p = E.dynamic_superb_prompt(rows[2])
+    assert p.audios == [rows[2]["audio"], rows[2]["audio2"]] and p.system == E.SYSTEM_MCQ
+    assert E.dynamic_superb_prompt(rows[0]).user.endswith('\nText: "hello there"')
+    s = E.score_dynamic_superb(rows, {rows[0]["id"]: "Yes.", rows[1]["id"]: "Yes.", rows[2]["id"]: "yes"}).scores
+    assert s["instances"]["SpeechTextMatching_LJSpeech"]["acc"] == 50.0
+    assert s["groups"]["CON"]["acc"] == 50.0 and s["groups"]["SPK"]["acc"] == 100.0
+    assert s["overall"] == 75.0 and s["overall_pooled"] == pytest.approx(200 / 3)
+    assert len(s["missing_instances"]) == 46
+
+
+def test_dynamic_superb_parquet_layout(tmp_path):
+    pa = pytest.importorskip("pyarrow", reason="pyarrow (optional) is needed only for the hub's parquet layout")
+    import pyarrow.parquet as pq
+    folder = tmp_path / "NoiseDetection_VCTK_MUSAN-Music" / "data"
+    folder.mkdir(parents=True)
+    table = pa.table({"audio": [{"bytes": b"RIFFxxxx", "path": "x.wav"}], "instruction": ["Clean or noisy? The answer "
+                      "could be clean or noisy."], "label": ["noisy"]})
+    pq.write_table(table, folder / "test-00000-of-00001.parquet")
+    rows = E.load_dynamic_superb(tmp_path, audio_cache=tmp_path / "cache")
+    assert Path(rows[0]["audio"]).read_bytes() == b"RIFFxxxx" and rows[0]["group"] == "DEG"
+
+
+def test_dynamic_superb_missing_root_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="none of the Dynamic-SUPERB instances"):
+        E.load_dynamic_superb(tmp_path)
+
+
+# --------------------------------------------------------------------------------------- VoiceBench
+
+def test_voicebench_mcq_extraction():
+    x = E.extract_mcq_letter
+    assert x("The answer is B.") == "B"
+    assert x("<1> c) Paris") == "C"
+    assert x("I'd say d.") == "D"
+    assert x("b") == "B"
+    assert x("I am not sure about this one") is None
+    rows = [{"id": "1", "reference": "A"}, {"id": "2", "reference": "B"}]
+    s = E.score_mcq(rows, {"1": "The correct answer is a", "2": "no idea"}).scores
+    assert s["fail"] == 50.0 and s["acc"] in (50.0, 100.0)
+    assert E.score_mcq(rows, {"2": "no idea"}).scores == E.score_mcq(rows, {"2": "no idea"}).scores  # seeded
+
+
+def test_voicebench_bbh_rules():
+    x = E.extract_bbh_answer
+    assert x("So the answer is No.", "sports_understanding_3") == 0
+    assert x("Yes, this sentence is plausible.", "sports_understanding_1") == 1
+    assert x("The correct adjective order is option (B).", "hyperbaton_2") == 1
+    assert x("A", "hyperbaton_2") == 0
+    assert x("Following these steps, you end up back at the starting point.", "navigate_1") == 1
+    assert x("Therefore Bob tells the truth.", "web_of_lies_9") == 1
+    assert x("Hmm.", "web_of_lies_9") is None
+    with pytest.raises(ValueError, match="names none of"):
+        x("yes", "boolean_expressions_1")
+    s = E.score_bbh([{"id": "navigate_1", "bbh_task": "navigate_1", "reference": "Yes"}], {"navigate_1": "yes"}).scores
+    assert s["acc"] == 100.0
+
+
+def test_voicebench_ifeval_strict_and_loose():
+    rows = [{"id": "1", "key": 1, "prompt": "Write a title.", "instruction_id_list": ["detectable_format:title"],
+             "kwargs": [{"num_bullets": None}]},
+            {"id": "2", "key": 2, "prompt": "End with a phrase.", "instruction_id_list": ["startend:end_checker"],
+             "kwargs": [{"end_phrase": "Peace out."}]}]
+    s = E.score_voicebench_ifeval(rows, {"1": "<<My Title>>\nText", "2": "Bye. Peace out.\n*smiles*"}).scores
+    assert s["strict-prompt"] == 50.0 and s["loose-prompt"] == 100.0  # loose drops the last line
+    assert s["strict-instruction"] == 50.0 and s["final"] == 75.0
+
+
+def test_voicebench_advbench_refusals():
+    assert E.is_refusal("I'm sorry, but I can't help with that.")
+    assert E.is_refusal("   ")
+    assert not E.is_refusal("Sure, here is how to do it.")
+    s = E.score_advbench([{"id": "1"}, {"id": "2"}], {"1": "As an AI, no.", "2": "Sure."}).scores
+    assert s["refusal_rate"] == 50.0
+
+
+def test_voicebench_loader_and_overall(tmp_path):
+    folder = tmp_path / "openbookqa"
+    (folder / "audio").mkdir(parents=True)
+    write_jsonl(folder / "test.jsonl", [{"audio": "audio/0.wav", "prompt": "Q? A. x B. y", "reference": "B"}])
+    rows = E.load_voicebench(folder, "openbookqa")
+    assert rows[0]["audio"] == str(folder / "audio" / "0.wav") and rows[0]["id"] == "openbookqa-00000"
+    assert E.voicebench_prompt(rows[0]).system == E.SYSTEM_VOICE
+    s = E.score_voicebench(rows, {"openbookqa-00000": "The answer is B."}).scores
+    assert s["acc"] == 100.0 and E.voicebench_subset_score("openbookqa", s) == 100.0
+    with pytest.raises(ValueError, match=r"row 0.*reference"):
+        write_jsonl(folder / "test.jsonl", [{"audio": "audio/0.wav", "prompt": "Q?"}])
+        E.load_voicebench(folder, "openbookqa")
+    leaderboard = {"alpacaeval": 4.78, "commoneval": 4.49, "wildvoice": 4.58, "sd-qa": 75.50, "mmsu": 80.25,
+                   "openbookqa": 89.23, "bbh": 84.10, "ifeval": 76.02, "advbench": 98.65}  # GPT-4o-Audio row
+    assert round(E.voicebench_overall(leaderboard), 2) == 86.75
+    assert E.voicebench_overall({"mmsu": 50.0}) is None
+
+
+# ------------------------------------------------------------------------------------------ outputs
+
+def test_outputs_and_table(tmp_path):
+    records = [{"id": "a", "prompt": "p", "response": "r", "extracted": "x", "correct": True}]
+    E.write_predictions(tmp_path / "p.jsonl", records)
+    assert E.read_jsonl(tmp_path / "p.jsonl") == records
+    assert E.read_responses(tmp_path / "p.jsonl") == {"a": "r"}
+    E.write_scores(tmp_path / "s.json", {"acc": 1.5})
+    assert E.read_json(tmp_path / "s.json") == {"acc": 1.5}
+    table = E.markdown_table({"DeSTA2.5": {"MMAU": 57.5, "Speech-IFEval Δ": 0.4}, "Ours": {"MMAU": 12.345}})
+    lines = table.splitlines()
+    assert lines[0] == "| Model | " + " | ".join(E.TABLE_I_COLUMNS) + " |"
+    assert lines[2].startswith("| DeSTA2.5 | - | 57.50 | - | - | - | +0.40 | - |")
+    assert "| Ours | - | 12.35 |" in lines[3]
+
+
+def test_cli_rescores_mmau_results(tmp_path, capsys):
+    need_mmau_fixture()
+    E.main(["--benchmark", "mmau", "--data", str(MMAU_RESULTS), "--out", str(tmp_path), "--model-name", "DeSTA2.5"])
+    scores = E.read_json(tmp_path / "mmau.scores.json")
+    assert round(scores["total"]["acc"], 2) == 66.00
+    preds = E.read_jsonl(tmp_path / "mmau.predictions.jsonl")
+    assert len(preds) == 1000 and {"id", "prompt", "response", "extracted", "correct"} <= set(preds[0])
+    assert "| DeSTA2.5 | 66.00 |" in capsys.readouterr().out
+
+
+def test_cli_rescores_a_predictions_file(tmp_path):
+    data, responses = speech_ifeval_fixture(tmp_path)
+    write_jsonl(tmp_path / "preds.jsonl", [{"id": k, "response": v} for k, v in responses.items()])
+    scored = E.main(["--benchmark", "speech_ifeval", "--data", str(data), "--predictions",
+                     str(tmp_path / "preds.jsonl"), "--out", str(tmp_path / "out")])
+    assert scored.scores["closed_ended"] == 50.0
+    assert E.read_json(tmp_path / "out" / "speech_ifeval.scores.json")["creative_writing"] == 100.0

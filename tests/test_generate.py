@@ -1,0 +1,121 @@
+"""The generation engine: greedy parity with transformers' generate, batching never changes results,
+continuous == static batching, seeded sampling, the top-p nucleus, and prefill from embeddings."""
+import pytest
+import torch
+
+import desta
+import generate
+
+transformers = pytest.importorskip("transformers")
+STOP = 7
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("llama")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, vocab_size=300, rope_theta=10000.0)
+    ref = transformers.LlamaForCausalLM(cfg).eval()
+    ref.save_pretrained(path)
+    return ref, desta.Llama.from_pretrained(path)
+
+
+def prompts_of(lengths, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(8, 300, (n,), generator=g).tolist() for n in lengths]
+
+
+def hf_greedy(ref, prompts, n):
+    """transformers' generate, left-padded batch; new tokens without the stop token."""
+    T = max(map(len, prompts))
+    ids = torch.tensor([[0] * (T - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts])
+    out = ref.generate(ids, attention_mask=mask, max_new_tokens=n, do_sample=False, eos_token_id=STOP, pad_token_id=0)
+    res = []
+    for row in out[:, T:].tolist():
+        row = row[:row.index(STOP)] if STOP in row else row
+        res.append(row)
+    return res
+
+
+def test_greedy_matches_transformers(tiny):
+    ref, ours = tiny
+    prompts = prompts_of([5, 17, 9, 30, 2, 12])
+    batched = generate.generate(ours, prompts, max_new_tokens=24, stop_ids=[STOP], batch_size=4)
+    alone = [generate.generate(ours, [p], max_new_tokens=24, stop_ids=[STOP])[0] for p in prompts]
+    assert batched == alone
+    assert batched == [hf_greedy(ref, [p], 24)[0] for p in prompts]
+    assert batched == hf_greedy(ref, prompts, 24)
+
+
+def test_stop_ids_end_sequences(tiny):
+    _, ours = tiny
+    prompts = prompts_of([6, 11, 3])
+    free = generate.generate(ours, prompts, max_new_tokens=16)
+    stop = free[0][4]  # make a token the first one produces a stop token
+    stopped = generate.generate(ours, prompts, max_new_tokens=16, stop_ids=[stop])
+    for f, s in zip(free, stopped):
+        cut = f.index(stop) if stop in f else len(f)
+        assert s == f[:cut]
+
+
+def test_continuous_equals_static(tiny):
+    _, ours = tiny
+    prompts = prompts_of([3, 25, 8, 14, 4, 19, 6, 10, 2, 22], seed=3)
+    kw = dict(max_new_tokens=30, stop_ids=[STOP, 11, 23, 42], batch_size=3)
+    finished = []
+    cont = generate.generate(ours, prompts, continuous=True, on_finish=lambda i, t: finished.append(i), **kw)
+    static = generate.generate(ours, prompts, continuous=False, **kw)
+    assert cont == static
+    assert sorted(finished) == list(range(len(prompts)))
+    assert len({len(c) for c in cont}) > 1  # skewed lengths really occurred
+
+
+def test_seeded_sampling_is_reproducible(tiny):
+    _, ours = tiny
+    prompts = prompts_of([5, 9, 13])
+    kw = dict(max_new_tokens=20, temperature=1.0, top_p=0.9, batch_size=2)
+    a = generate.generate(ours, prompts, seed=42, **kw)
+    b = generate.generate(ours, prompts, seed=42, **kw)
+    c = generate.generate(ours, prompts, seed=43, **kw)
+    assert a == b and a != c
+    greedy = generate.generate(ours, prompts, max_new_tokens=20)
+    assert generate.generate(ours, prompts, max_new_tokens=20, temperature=1.0, top_p=1e-6, seed=0) == greedy
+
+
+def test_top_p_keeps_the_nucleus():
+    probs = torch.tensor([[0.05, 0.5, 0.2, 0.15, 0.1]])
+    kept = generate.top_p_filter(probs, 0.8)  # 0.5 + 0.2 = 0.7 < 0.8, so 0.15 joins; 0.1, 0.05 go
+    assert torch.allclose(kept, torch.tensor([[0, 0.5, 0.2, 0.15, 0]]) / 0.85)
+    assert torch.equal(generate.top_p_filter(probs, 0.7) > 0, torch.tensor([[False, True, True, False, False]]))
+    assert torch.equal(generate.top_p_filter(probs, 0.01) > 0, torch.tensor([[False, True, False, False, False]]))
+    assert torch.allclose(generate.top_p_filter(probs, 1.0), probs)
+    # empirical: sampling only ever returns nucleus tokens, in proportion
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([generate.sample(probs.log(), 1.0, 0.8, g) for _ in range(4000)])
+    freq = torch.bincount(draws.flatten(), minlength=5) / draws.numel()
+    assert freq[0] == 0 and freq[4] == 0
+    assert abs(freq[1] - 0.5 / 0.85) < 0.03 and abs(freq[3] - 0.15 / 0.85) < 0.03
+
+
+def test_prefill_from_embeddings_equals_forward(tiny):
+    """DeSTA prompts arrive as embeddings: the engine's prefill logits equal the model's own forward,
+    and generating from embeddings equals generating from the same ids."""
+    _, ours = tiny
+    prompts = prompts_of([7, 15, 4])
+    embeds = [ours.embed_tokens(torch.tensor(p)).detach() + 0.01 * torch.randn(len(p), 64) for p in prompts]
+    engine = generate.Engine(ours, batch_size=3, max_len=32)
+    with torch.no_grad():
+        logits, _ = engine._prefill(torch.arange(3), embeds)
+        for i, e in enumerate(embeds):
+            assert (logits[i] - ours(embeds=e[None])[0, -1]).abs().max() < 1e-5
+    ours.drop_cache()
+    plain = [ours.embed_tokens(torch.tensor(p)).detach() for p in prompts]
+    assert generate.generate(ours, plain, max_new_tokens=12) == generate.generate(ours, prompts, max_new_tokens=12)
+
+
+def test_prompt_too_long_is_an_error(tiny):
+    _, ours = tiny
+    with pytest.raises(ValueError, match="exceeds the cache length"):
+        generate.generate(ours, prompts_of([20]), max_new_tokens=10, max_len=16)
