@@ -41,14 +41,41 @@ def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     return kept / kept.sum(-1, keepdim=True)
 
 
-def sample(logits: torch.Tensor, temperature: float, top_p: float, generator=None) -> torch.Tensor:
-    """logits (B, V) -> token ids (B,). temperature 0 is greedy (argmax)."""
+def hash32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer mix (int64 tensors holding values in [0, 2^32), so products never overflow)."""
+    for _ in range(2):
+        x = (((x >> 16) ^ x) * 0x45D9F3B) & 0xFFFFFFFF
+    return (x >> 16) ^ x
+
+
+def uniform_noise(seeds: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Counter-based uniforms in (0, 1), shape (B, vocab): a pure function of (seed, step, token).
+
+    Each sequence's randomness depends on nothing but its own seed and position, so a sampled answer
+    is the same alone, in any batch, in any slot, and after a restart (self-generation resumes).
+    """
+    key = hash32((hash32(seeds & 0xFFFFFFFF) ^ hash32(steps & 0xFFFFFFFF))[:, None]
+                 + torch.arange(vocab, device=seeds.device))
+    return (hash32(key).double() + 0.5) / 2**32
+
+
+def sample(logits: torch.Tensor, temperature: float, top_p: float, seeds=None, steps=None) -> torch.Tensor:
+    """logits (B, V) -> token ids (B,). temperature 0 is greedy.
+
+    Sampling uses the Gumbel-max trick: argmax(logits/T + Gumbel noise) over the top-p nucleus is a
+    draw from the renormalised nucleus distribution. seeds/steps (B,) int64 pick each row's noise.
+    """
     if temperature <= 0:
         return logits.argmax(-1)
-    probs = F.softmax(logits.float() / temperature, dim=-1)
+    logits = logits.float() / temperature
     if top_p < 1.0:
-        probs = top_p_filter(probs, top_p)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        keep = top_p_filter(F.softmax(logits, dim=-1), top_p) > 0
+        logits = logits.masked_fill(~keep, -math.inf)
+    if seeds is None:  # unseeded: fresh randomness
+        seeds = torch.randint(0, 2**32, (logits.shape[0],), device=logits.device)
+        steps = torch.zeros_like(seeds)
+    gumbel = -torch.log(-torch.log(uniform_noise(seeds, steps, logits.shape[-1])))
+    return (logits.double() + gumbel).argmax(-1)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -61,7 +88,7 @@ class Sampling:
     max_new_tokens: int = 256
     temperature: float = 0.0   # 0 = greedy
     top_p: float = 1.0
-    seed: int | None = None
+    seed: int | None = None    # sequence i uses seed + i unless run() gets explicit per-prompt seeds
 
 
 class Engine:
@@ -108,19 +135,21 @@ class Engine:
 
     # -- the scheduler -------------------------------------------------------------------------
     @torch.no_grad()
-    def run(self, prompts: list, sampling: Sampling, stop_ids=(), continuous: bool = True, on_finish=None):
+    def run(self, prompts: list, sampling: Sampling, stop_ids=(), continuous: bool = True, on_finish=None,
+            seeds: list[int] | None = None):
         """Generate for every prompt; returns the new tokens of each (stop token excluded), in order.
 
         on_finish(index, tokens) is called as soon as a sequence finishes (self-generation appends its
         row there). Static batching (continuous=False) refills only when the whole batch is done.
+        seeds: one sampling seed per prompt (default: sampling.seed + index).
         """
         if not prompts:
             return []
         if max(len(p) for p in prompts) + sampling.max_new_tokens > self.S:
             raise ValueError(f"longest prompt + max_new_tokens exceeds the cache length {self.S}")
-        gen = None
-        if sampling.seed is not None:
-            gen = torch.Generator(device=self.device).manual_seed(sampling.seed)
+        if seeds is None and sampling.seed is not None:
+            seeds = [sampling.seed + i for i in range(len(prompts))]
+        prompt_seeds = None if seeds is None else torch.tensor(seeds, dtype=torch.long, device=self.device)
         stop = torch.tensor(sorted(set(stop_ids)) or [-1], device=self.device)
         queue = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))    # longest first
         results: list = [None] * len(prompts)
@@ -131,7 +160,11 @@ class Engine:
         out = torch.zeros(B, N, dtype=torch.long, device=self.device)
         last = torch.zeros(B, dtype=torch.long, device=self.device)
         active = torch.zeros(B, dtype=torch.bool, device=self.device)
-        draw = lambda logits: sample(logits, sampling.temperature, sampling.top_p, gen)
+
+        def draw(logits, slots):  # each sequence's noise comes from its own (seed, step)
+            if prompt_seeds is None:
+                return sample(logits, sampling.temperature, sampling.top_p)
+            return sample(logits, sampling.temperature, sampling.top_p, prompt_seeds[owner[slots]], n_new[slots])
 
         def finish(slots: torch.Tensor):
             for s, i, n in zip(slots.tolist(), owner[slots].tolist(), n_new[slots].tolist()):
@@ -149,15 +182,16 @@ class Engine:
                 take = [queue.pop(0) for _ in range(min(len(free), len(queue)))]
                 rows = free[:len(take)]
                 logits, lens = self._prefill(rows, [prompts[i] for i in take])
-                tok = draw(logits)
-                owner[rows], lengths[rows], last[rows], active[rows] = torch.tensor(take, device=self.device), lens, tok, True
+                owner[rows], n_new[rows] = torch.tensor(take, device=self.device), 0
+                tok = draw(logits, rows)
+                lengths[rows], last[rows], active[rows] = lens, tok, True
                 out[rows, 0], n_new[rows] = tok, 1
                 done = rows[torch.isin(tok, stop) | (n_new[rows] >= N)]
                 if len(done):
                     finish(done)
                 continue  # fill every free slot before the next decode step
             logits = self.decode_step(last, lengths)
-            tok = draw(logits)
+            tok = draw(logits, torch.arange(B, device=self.device))
             lengths = torch.where(active, lengths + 1, lengths)
             rows = active.nonzero().squeeze(-1)
             out[rows, n_new[rows]] = tok[rows]
@@ -171,7 +205,8 @@ class Engine:
 
 def generate(llm: desta.Llama, prompts: list, max_new_tokens: int = 256, temperature: float = 0.0,
              top_p: float = 1.0, stop_ids=(), seed: int | None = None, batch_size: int = 16,
-             continuous: bool = True, max_len: int | None = None, on_finish=None) -> list[list[int]]:
+             continuous: bool = True, max_len: int | None = None, on_finish=None,
+             seeds: list[int] | None = None) -> list[list[int]]:
     """Batched, KV-cached generation. prompts: lists of token ids, or (T, dim) embedding tensors.
 
     Returns the new tokens of each prompt, without the stop token. Greedy when temperature is 0.
@@ -182,6 +217,7 @@ def generate(llm: desta.Llama, prompts: list, max_new_tokens: int = 256, tempera
     max_len = max_len or need
     engine = Engine(llm, batch_size=min(batch_size, len(prompts)), max_len=max_len)
     try:
-        return engine.run(prompts, Sampling(max_new_tokens, temperature, top_p, seed), stop_ids, continuous, on_finish)
+        return engine.run(prompts, Sampling(max_new_tokens, temperature, top_p, seed), stop_ids, continuous,
+                          on_finish, seeds)
     finally:
         llm.drop_cache()

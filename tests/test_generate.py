@@ -80,6 +80,10 @@ def test_seeded_sampling_is_reproducible(tiny):
     b = generate.generate(ours, prompts, seed=42, **kw)
     c = generate.generate(ours, prompts, seed=43, **kw)
     assert a == b and a != c
+    # a sequence's randomness is its own: the same answer alone, in another batch, in any order
+    alone = [generate.generate(ours, [p], seeds=[42 + i], **kw)[0] for i, p in enumerate(prompts)]
+    static = generate.generate(ours, prompts, seed=42, continuous=False, **dict(kw, batch_size=1))
+    assert a == alone == static
     greedy = generate.generate(ours, prompts, max_new_tokens=20)
     assert generate.generate(ours, prompts, max_new_tokens=20, temperature=1.0, top_p=1e-6, seed=0) == greedy
 
@@ -92,11 +96,20 @@ def test_top_p_keeps_the_nucleus():
     assert torch.equal(generate.top_p_filter(probs, 0.01) > 0, torch.tensor([[False, True, False, False, False]]))
     assert torch.allclose(generate.top_p_filter(probs, 1.0), probs)
     # empirical: sampling only ever returns nucleus tokens, in proportion
-    g = torch.Generator().manual_seed(0)
-    draws = torch.stack([generate.sample(probs.log(), 1.0, 0.8, g) for _ in range(4000)])
-    freq = torch.bincount(draws.flatten(), minlength=5) / draws.numel()
+    n = 8000
+    draws = generate.sample(probs.log().expand(n, 5), 1.0, 0.8, torch.arange(n), torch.zeros(n, dtype=torch.long))
+    freq = torch.bincount(draws, minlength=5) / n
     assert freq[0] == 0 and freq[4] == 0
     assert abs(freq[1] - 0.5 / 0.85) < 0.03 and abs(freq[3] - 0.15 / 0.85) < 0.03
+
+
+def test_temperature_sharpens():
+    logits = torch.tensor([[2.0, 1.0, 0.0]]).expand(6000, 3)
+    seeds, steps = torch.arange(6000), torch.zeros(6000, dtype=torch.long)
+    for T in (1.0, 0.5):
+        freq = torch.bincount(generate.sample(logits, T, 1.0, seeds, steps), minlength=3) / 6000
+        expected = torch.softmax(logits[0] / T, -1)
+        assert (freq - expected).abs().max() < 0.02, (T, freq, expected)
 
 
 def test_prefill_from_embeddings_equals_forward(tiny):
