@@ -769,12 +769,15 @@ class Tokenizer:
     # -- chat --------------------------------------------------------------------------------
     def default_system(self) -> str | None:
         """ChatML templates (SmolLM2, Qwen2.5) insert their own system turn when none is given."""
-        start = "<|im_start|>system\\n"
-        i = self.chat_template.find(start)
-        if self.chat_format != "chatml" or i < 0:
+        if self.chat_format != "chatml":
             return None
-        j = self.chat_template.find("<|im_end|>", i)
-        return self.chat_template[i + len(start):j] if j > 0 else None
+        for newline in ("\n", "\\n"):  # a real newline in the jinja string, or the escape `\n`
+            start = "<|im_start|>system" + newline
+            i = self.chat_template.find(start)
+            j = self.chat_template.find("<|im_end|>", i)
+            if i >= 0 and j > 0:
+                return self.chat_template[i + len(start):j]
+        return None
 
     def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """The model's chat template as text (what HF's jinja template renders, for plain chat)."""

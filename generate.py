@@ -16,12 +16,20 @@ The engine (gpt-fast style, with continuous batching):
 """
 from __future__ import annotations
 
+import argparse
+import hashlib
 import math
+import os
+import random
+import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+import data
 import desta
 
 # -----------------------------------------------------------------------------------------------
@@ -221,3 +229,252 @@ def generate(llm: desta.Llama, prompts: list, max_new_tokens: int = 256, tempera
                           on_finish, seeds)
     finally:
         llm.drop_cache()
+
+
+# -----------------------------------------------------------------------------------------------
+# Self-generation of training targets (SPEC 1)
+# -----------------------------------------------------------------------------------------------
+# The backbone LLM reads each clip's seed description in place of the audio, with the same system
+# prompt and the same `<start_audio>...<end_audio>` framing the fusion model will see, and answers a
+# prompt from the pool. Its answer becomes the training target for (audio, prompt).
+
+SELFGEN_SAMPLING = Sampling(max_new_tokens=512, temperature=0.05, top_p=1.0)  # the paper's decoding
+PROMPT_POOLS = {"speech": "prompts/speech.txt", "sound": "prompts/sound.txt"}
+
+
+def choose_prompts(row: dict, pools: dict[str, list[str]], k: int, seed: int) -> list[str]:
+    """K distinct prompts for a clip: from the speech pool if it has a transcription, else the sound
+    pool. Seeded by the clip id, so any rank, any restart, picks the same prompts."""
+    pool = pools["speech"] if row.get("transcription", " ").strip() else pools["sound"]
+    return random.Random(f"{seed}:{row['id']}").sample(pool, min(k, len(pool)))
+
+
+def backbone_messages(seed_description: str, prompt: str, system: str = desta.DEFAULT_SYSTEM) -> list[dict]:
+    """What the backbone reads to write a target: the description stands where the audio will be."""
+    return [{"role": "system", "content": system},
+            {"role": "user", "content": f"{desta.START_AUDIO}{seed_description}{desta.END_AUDIO}\n{prompt}"}]
+
+
+def training_row(seed_row: dict, prompt: str, response: str, system: str = desta.DEFAULT_SYSTEM) -> dict:
+    """A training manifest row in the DeSTA-AQA5M layout (SPEC 9)."""
+    locator = f"{desta.START_AUDIO}<|AUDIO|>{desta.END_AUDIO}"
+    return {"id": seed_row["id"], "dataset": seed_row.get("dataset", ""),
+            "seed_description": seed_row["seed_description"], "prompt": prompt, "response": response,
+            "messages": [{"role": "system", "content": system},
+                         {"role": "user", "content": f"{locator}\n{prompt}",
+                          "audios": [{"audio": seed_row["id"], "text": seed_row.get("transcription") or " "}]}]}
+
+
+def row_seed(seed: int, clip_id: str, prompt: str) -> int:
+    """Each (clip, prompt) pair samples with its own noise: resumed or sharded runs write the same text."""
+    return int.from_bytes(hashlib.sha256(f"{seed}\0{clip_id}\0{prompt}".encode()).digest()[:4], "little")
+
+
+def part_path(out: Path, rank: int) -> Path:
+    return out.with_name(f"{out.name}.part{rank}")
+
+
+def self_generate(llm: desta.Llama, tok: desta.Tokenizer, seed_rows: list[dict], pools: dict[str, list[str]],
+                  out, k: int = 4, seed: int = 42, sampling: Sampling = SELFGEN_SAMPLING, batch_size: int = 16,
+                  rank: int = 0, world: int = 1, system: str = desta.DEFAULT_SYSTEM,
+                  continuous: bool = True, log_every: float = 10.0) -> dict:
+    """Write this rank's share of the (clip, prompt) pairs to `<out>.part<rank>`, skipping pairs that
+    any part file already holds. Rows are appended as they finish. Returns counts and speed."""
+    out = Path(out)
+    pairs = [(row, p) for row in seed_rows for p in choose_prompts(row, pools, k, seed)]
+    done = {(r["id"], r["prompt"]) for part in out.parent.glob(f"{out.name}.part*")
+            for r in data.JsonlAppender(part).rows()}
+    mine = [(row, p) for i, (row, p) in enumerate(pairs) if i % world == rank and (row["id"], p) not in done]
+    writer = data.JsonlAppender(part_path(out, rank))
+    stats = dict(pairs=len(pairs), skipped=sum(i % world == rank for i in range(len(pairs))) - len(mine),
+                 rows=0, tokens=0)
+    t0 = last_log = time.time()
+
+    def on_finish(i, tokens):
+        nonlocal last_log
+        row, prompt = mine[i]
+        writer.append(training_row(row, prompt, tok.decode(tokens, skip_special=True).strip(), system))
+        stats["rows"] += 1
+        stats["tokens"] += len(tokens)
+        if time.time() - last_log >= log_every or stats["rows"] == len(mine):
+            last_log = time.time()
+            dt = max(last_log - t0, 1e-9)
+            print(f"selfgen rank {rank}/{world}: {stats['rows']}/{len(mine)} rows "
+                  f"({stats['skipped']} already done), {stats['rows'] / dt:.2f} rows/s, "
+                  f"{stats['tokens'] / dt:.0f} tok/s", file=sys.stderr, flush=True)
+
+    try:
+        prompts = [tok.apply_chat_template(backbone_messages(row["seed_description"], p, system)) for row, p in mine]
+        seeds = [row_seed(seed, row["id"], p) for row, p in mine]
+        generate(llm, prompts, sampling.max_new_tokens, sampling.temperature, sampling.top_p, tok.stop_ids,
+                 batch_size=batch_size, continuous=continuous, on_finish=on_finish, seeds=seeds)
+    finally:
+        writer.close()
+    stats["seconds"] = time.time() - t0
+    return stats
+
+
+def merge_parts(out, seed_rows: list[dict], pools: dict[str, list[str]], k: int, seed: int) -> int:
+    """Join every rank's part file into `out` in the canonical (clip, prompt) order, atomically, then
+    remove the parts. Each pair appears exactly once; a missing pair is an error."""
+    out = Path(out)
+    parts = sorted(out.parent.glob(f"{out.name}.part*"))
+    got = {(r["id"], r["prompt"]): r for part in parts for r in data.read_jsonl(part)}
+    order = [(row["id"], p) for row in seed_rows for p in choose_prompts(row, pools, k, seed)]
+    missing = [key for key in order if key not in got]
+    if missing:
+        raise RuntimeError(f"{out}: {len(missing)} (id, prompt) pairs not generated yet, e.g. {missing[0]}")
+    data.write_jsonl(out, [got[key] for key in order])
+    for part in parts:
+        part.unlink()
+    return len(order)
+
+
+# -----------------------------------------------------------------------------------------------
+# Inference on audio files
+# -----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def transcribe_if_speech(waves: list, mel: torch.Tensor, vad: desta.SileroVAD, asr: desta.Whisper) -> list[str]:
+    """The paper's inference: Whisper transcribes clips where the VAD hears speech; others get " "."""
+    speech = [vad.has_speech(w) for w in waves]
+    texts = [" "] * len(waves)
+    idx = [i for i, s in enumerate(speech) if s]
+    if idx:
+        for i, t in zip(idx, asr.transcribe(mel[idx], max_new_tokens=128)):
+            texts[i] = t or " "
+    return texts
+
+
+@torch.no_grad()
+def answer(model: desta.DeSTA, mel: torch.Tensor, prompts: list[str], transcriptions: list[str],
+           sampling: Sampling = Sampling(max_new_tokens=512), system: str = desta.DEFAULT_SYSTEM,
+           batch_size: int = 16) -> list[str]:
+    """DeSTA answers: one prompt per clip; mel (B, n_mels, 3000). Audio vectors go in as embeddings."""
+    locator = f"{desta.START_AUDIO}{model.cfg.audio_locator}{desta.END_AUDIO}"
+    convs = [[{"role": "system", "content": system}, {"role": "user", "content": f"{locator}\n{p}"}] for p in prompts]
+    batch = model.build_batch(convs, [[t] for t in transcriptions])
+    embeds = model.embed(batch, model.encode_audio(mel.to(model.llm.embed_tokens.weight.device)))
+    rows = [embeds[i][batch.attn_mask[i]] for i in range(len(prompts))]  # drop the left padding
+    tok = model.tokenizer
+    out = generate(model.llm, rows, sampling.max_new_tokens, sampling.temperature, sampling.top_p, tok.stop_ids,
+                   sampling.seed, batch_size)
+    return [tok.decode(t, skip_special=True).strip() for t in out]
+
+
+# -----------------------------------------------------------------------------------------------
+# Command line
+# -----------------------------------------------------------------------------------------------
+
+
+def dist_setup() -> tuple[int, int]:
+    """(rank, world) under torchrun; (0, 1) for a plain `python generate.py`."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return rank, world
+
+
+def device_for(rank: int) -> str:
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
+    return "cpu"
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def main_selfgen(argv):
+    ap = argparse.ArgumentParser(prog="generate.py selfgen",
+                                 description="self-generate training targets with the backbone LLM (SPEC 1)")
+    ap.add_argument("--seeds", required=True, help="seed manifest (jsonl)")
+    ap.add_argument("--llm", required=True, help="backbone LLM folder (HF layout) or repo id under weights/")
+    ap.add_argument("--out", required=True, help="training manifest to write (jsonl, DeSTA-AQA5M layout)")
+    ap.add_argument("--split", default=None, help="only seed rows of this split")
+    ap.add_argument("--k", type=int, default=4, help="prompts per clip")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--speech-prompts", default=PROMPT_POOLS["speech"])
+    ap.add_argument("--sound-prompts", default=PROMPT_POOLS["sound"])
+    ap.add_argument("--fixed-prompt", default=None, help="use this one prompt for every clip (the paper's 1-P)")
+    ap.add_argument("--max-new-tokens", type=int, default=SELFGEN_SAMPLING.max_new_tokens)
+    ap.add_argument("--temperature", type=float, default=SELFGEN_SAMPLING.temperature)
+    ap.add_argument("--top-p", type=float, default=SELFGEN_SAMPLING.top_p)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N seed rows")
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    rank, world = dist_setup()
+    rows = data.read_jsonl(a.seeds, required=("id", "seed_description"))
+    rows = [r for r in rows if a.split is None or r.get("split") == a.split][:a.limit]
+    if a.fixed_prompt:
+        pools = {"speech": [a.fixed_prompt], "sound": [a.fixed_prompt]}
+    else:
+        pools = {"speech": data.load_prompts(a.speech_prompts), "sound": data.load_prompts(a.sound_prompts)}
+    if out.is_file() and not list(out.parent.glob(f"{out.name}.part*")):
+        have = {(r["id"], r["prompt"]) for r in data.read_jsonl(out)}
+        if all((r["id"], p) in have for r in rows for p in choose_prompts(r, pools, a.k, a.seed)):
+            print(f"{out}: complete ({len(have)} rows), nothing to do", file=sys.stderr)
+            return
+    llm_dir = desta.resolve_weights(a.llm)
+    llm = desta.Llama.from_pretrained(llm_dir, DTYPES[a.dtype], device_for(rank))
+    tok = desta.Tokenizer.from_pretrained(llm_dir)
+    sampling = Sampling(a.max_new_tokens, a.temperature, a.top_p)
+    stats = self_generate(llm, tok, rows, pools, out, a.k, a.seed, sampling, a.batch_size, rank, world)
+    print(f"selfgen rank {rank}: wrote {stats['rows']} rows, {stats['tokens']} tokens in {stats['seconds']:.1f} s",
+          file=sys.stderr)
+    if world > 1:
+        torch.distributed.barrier()
+    if rank == 0:
+        n = merge_parts(out, rows, pools, a.k, a.seed)
+        print(f"{out}: {n} rows", file=sys.stderr)
+    if world > 1:
+        torch.distributed.destroy_process_group()
+
+
+def main_infer(argv):
+    ap = argparse.ArgumentParser(prog="generate.py", description="DeSTA2.5-Audio inference on audio files")
+    ap.add_argument("--audio", nargs="*", default=[], help="audio file(s); several batch together")
+    ap.add_argument("--prompt", required=True, help="the instruction (one for all files)")
+    ap.add_argument("--checkpoint", default="DeSTA-ntu/DeSTA2.5-Audio-Llama-3.1-8B",
+                    help="adapter folder (official layout) or repo id under weights/")
+    ap.add_argument("--transcription", default=None, help="use this text instead of VAD + Whisper ASR")
+    ap.add_argument("--llm", default=None, help="text-only mode: talk to this bare LLM (no --audio)")
+    ap.add_argument("--system", default=desta.DEFAULT_SYSTEM)
+    ap.add_argument("--max-new-tokens", type=int, default=512)
+    ap.add_argument("--temperature", type=float, default=0.0)
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16" if torch.cuda.is_available() else "fp32")
+    a = ap.parse_args(argv)
+    sampling = Sampling(a.max_new_tokens, a.temperature, a.top_p, a.seed)
+    device, dtype = device_for(0), DTYPES[a.dtype]
+    if a.llm or not a.audio:
+        llm_dir = desta.resolve_weights(a.llm or desta.DeSTAConfig().llm_model_id)
+        llm, tok = desta.Llama.from_pretrained(llm_dir, dtype, device), desta.Tokenizer.from_pretrained(llm_dir)
+        ids = tok.apply_chat_template([{"role": "system", "content": a.system}, {"role": "user", "content": a.prompt}])
+        out = generate(llm, [ids], sampling.max_new_tokens, sampling.temperature, sampling.top_p, tok.stop_ids, a.seed)
+        print(tok.decode(out[0], skip_special=True).strip())
+        return
+    model = desta.DeSTA.from_pretrained(desta.resolve_weights(a.checkpoint), dtype=dtype, device=device).eval()
+    waves = [data.load_audio(p) for p in a.audio]
+    mel = data.log_mel_spectrogram(torch.stack([torch.as_tensor(data.pad_or_trim(w)) for w in waves]),
+                                   model.whisper.cfg.n_mels).to(device)
+    if a.transcription is not None:
+        texts = [a.transcription] * len(waves)
+    else:
+        asr = desta.Whisper.from_pretrained(desta.resolve_weights(model.cfg.encoder_model_id), dtype, device)
+        model.whisper = asr.encoder  # one copy of the encoder serves both
+        texts = transcribe_if_speech(waves, mel, desta.SileroVAD.from_pretrained(), asr)
+    replies = answer(model, mel, [a.prompt] * len(waves), texts, sampling, a.system)
+    for path, text, reply in zip(a.audio, texts, replies):
+        print(f"== {path}\n[transcription] {text.strip() or '(no speech)'}\n{reply}\n")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["selfgen"]:
+        main_selfgen(sys.argv[2:])
+    else:
+        main_infer(sys.argv[1:])
