@@ -467,8 +467,13 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
     def update(self, rows, pos, k, v):  # rows (B,) cache rows; pos (B, T) positions; k, v (B, Hkv, T, hd)
-        self.k[rows[:, None], :, pos] = k.transpose(1, 2)
-        self.v[rows[:, None], :, pos] = v.transpose(1, 2)
+        _, H, S, hd = self.k.shape
+        # flat row index of every (row, head, position): one index_copy_ instead of a slow
+        # multi-dimensional advanced-index write
+        heads = torch.arange(H, device=k.device)[None, :, None]
+        idx = ((rows[:, None, None] * H + heads) * S + pos[:, None, :]).flatten()
+        self.k.view(-1, hd).index_copy_(0, idx, k.reshape(-1, hd))
+        self.v.view(-1, hd).index_copy_(0, idx, v.reshape(-1, hd))
 
 
 class LlamaAttention(nn.Module):
