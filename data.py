@@ -28,6 +28,7 @@ import json
 import math
 import multiprocessing
 import os
+import random
 import re
 import shutil
 import struct
@@ -2679,6 +2680,64 @@ def load_prompts(path) -> list[str]:
     if not prompts:
         raise ManifestError(f"{path}: empty prompt pool")
     return prompts
+
+
+# ---- batching (training) ----
+# Rows in the DeSTA-AQA5M layout become (log-mel, row) items in DataLoader workers, so decoding and the
+# STFT happen off the training process. Tokenization stays in the main process (it needs the model's
+# tokenizer and is cheap). Batches are built from similar lengths, so little of each batch is padding.
+
+def row_audios(row: dict) -> list[dict]:
+    """The audios of a training row, in order: [{"audio": relative path, "text": transcription}, ...]."""
+    return [a for m in row["messages"] for a in m.get("audios", [])]
+
+
+class AudioTextDataset(torch.utils.data.Dataset):
+    """Training rows -> {"index", "mel" (A, n_mels, 3000), "row"}; an unreadable clip gives
+    {"index", "error"} instead (the trainer skips, names and counts it)."""
+
+    def __init__(self, rows: list[dict], data_root, n_mels: int):
+        self.rows, self.root, self.n_mels = rows, Path(data_root), n_mels
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        row = self.rows[i]
+        try:
+            mels = [log_mel_spectrogram(pad_or_trim(load_audio(self.root / a["audio"])), self.n_mels)
+                    for a in row_audios(row)]
+        except AudioError as e:
+            return {"index": i, "error": str(e)}
+        return {"index": i, "mel": torch.stack(mels), "row": row}
+
+
+def collate(items: list[dict]) -> dict:
+    good = [it for it in items if "error" not in it]
+    return {"mel": torch.cat([it["mel"] for it in good]) if good else None,
+            "rows": [it["row"] for it in good], "indices": [it["index"] for it in good],
+            "errors": [it["error"] for it in items if "error" in it]}
+
+
+def row_length(row: dict) -> int:
+    """A cheap length proxy (characters) for bucketing: prompt, response and transcriptions."""
+    return len(row.get("prompt", "")) + len(row.get("response", "")) + sum(len(a.get("text") or "") for a in row_audios(row))
+
+
+def length_bucketed_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
+                            bucket_batches: int = 64) -> list[list[int]]:
+    """One epoch's batches: shuffle, sort each window of bucket_batches batches by length, cut into
+    batches, shuffle the batches. Deterministic in (seed, epoch), so resuming can skip what was done."""
+    rng = random.Random(seed * 1000003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = batch_size * bucket_batches
+    batches = []
+    for w in range(0, len(order), window):
+        chunk = sorted(order[w:w + window], key=lambda i: lengths[i])
+        batches += [chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
 
 
 # ---- main ----

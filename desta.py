@@ -554,6 +554,7 @@ class Llama(nn.Module):
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+        self.checkpoint_layers = False  # recompute each layer in backward (big batches, little memory)
 
     def hidden(self, tokens=None, embeds=None, attn_mask=None, pos=None, mask=None, write=None, read_cache=False):
         """Final normed hidden states (B, T, dim).
@@ -575,7 +576,10 @@ class Llama(nn.Module):
         angles = torch.cat((angles, angles), dim=-1)[:, None]                 # (B, 1, T, hd)
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, write, read_cache)
+            if self.checkpoint_layers and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, write, read_cache)
         return self.norm(x)
 
     def forward(self, tokens=None, embeds=None, attn_mask=None, **kw) -> torch.Tensor:
@@ -1034,11 +1038,14 @@ class DeSTA(nn.Module):
                           torch.tensor([s for _, s in starts], dtype=torch.long))
 
     # -- forward ---------------------------------------------------------------------------------
-    def encode_audio(self, mel: torch.Tensor) -> torch.Tensor:
-        """mel (A, n_mels, 3000) -> (A, prompt_size, llm_dim) audio vectors; Whisper stays frozen."""
+    def encode_audio(self, mel: torch.Tensor, connector: nn.Module | None = None) -> torch.Tensor:
+        """mel (A, n_mels, 3000) -> (A, prompt_size, llm_dim) audio vectors; Whisper stays frozen.
+
+        connector: what to run the adapter through (train.py passes its DDP wrapper of self.connector).
+        """
         with torch.no_grad():
             _, taps = self.whisper(mel, taps=self.taps)
-        return self.connector([t.float() for t in taps])
+        return (connector or self.connector)([t.float() for t in taps])
 
     def embed(self, batch: DeSTABatch, audio: torch.Tensor) -> torch.Tensor:
         """Token embeddings with the audio vectors spliced in (the transcription ids are already real
@@ -1049,13 +1056,13 @@ class DeSTA(nn.Module):
         rows = batch.audio_rows[:, None].expand_as(cols)
         return x.index_put((rows, cols), audio.to(x.dtype))                       # out of place: grads flow
 
-    def forward(self, mel: torch.Tensor, batch: DeSTABatch, loss_chunk: int = 1024):
+    def forward(self, mel: torch.Tensor, batch: DeSTABatch, loss_chunk: int = 1024, connector=None):
         """Mean next-token loss over the response and end-of-turn tokens (SPEC 5).
 
         Logits are computed only at positions that carry a label, chunk by chunk, never for the whole
         (B, T, vocab) tensor: with a 128k vocabulary that tensor would dominate memory.
         """
-        embeds = self.embed(batch, self.encode_audio(mel))
+        embeds = self.embed(batch, self.encode_audio(mel, connector))
         h = self.llm.hidden(embeds=embeds, attn_mask=batch.attn_mask)
         return chunked_cross_entropy(self.llm.lm_head, h[:, :-1], batch.labels[:, 1:], loss_chunk)
 

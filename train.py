@@ -1,7 +1,405 @@
 """
-train.py: adapter training under torchrun DDP (`torchrun --standalone --nproc_per_node=N train.py
-[--preset=tiny|desta25] [--key=value ...]`): frozen Whisper and LLM, the Q-Former adapter trained on
-self-generated targets, AdamW + cosine schedule, bf16 autocast, exact resume.
+train.py: train the DeSTA2.5-Audio adapter on self-generated targets.
 
-Not implemented yet: see the open issue "train.py: adapter training under torchrun DDP".
+    torchrun --standalone --nproc_per_node=8 train.py --preset=desta25          # the paper's recipe
+    python train.py                                                              # tiny preset, one CPU process
+    python train.py --preset=tiny --max_steps=200 --lr=3e-4                      # any field: --key=value
+
+Only the Q-Former adapter trains (SPEC 8). Whisper runs under no_grad; the LLM is frozen but
+differentiable with respect to its inputs (the audio vectors), never to its own weights. DDP averages
+the adapter's gradients (NCCL on GPU, gloo on CPU). A restart with the same command resumes from the
+latest complete checkpoint in out_dir: model, optimizer, schedule, every rank's RNG, data position.
 """
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import data
+import desta
+import generate
+
+# -----------------------------------------------------------------------------------------------
+# Config
+# -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    # data and backbones (ids resolve to weights/<id>; see desta.resolve_weights)
+    llm: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    encoder: str = "openai/whisper-tiny.en"
+    train_manifest: str = "data_tiny/train.jsonl"
+    val_manifest: str = "data_tiny/validation.jsonl"
+    data_root: str = "data_tiny"
+    out_dir: str = "runs/tiny"
+    # adapter (SPEC 4); taps default to every quarter of the encoder
+    qformer_layers: int = 2
+    qformer_ffn_dim: int = 3072
+    prompt_size: int = 64
+    # optimisation (SPEC 8)
+    lr: float = 1e-4
+    betas: tuple = (0.9, 0.98)
+    weight_decay: float = 0.01
+    warmup_steps: int = 5000
+    min_lr: float = 0.0
+    max_steps: int = 0            # 0: derive from epochs
+    epochs: int = 5
+    grad_clip: float = 1.0
+    batch_size: int = 12          # per rank, per micro-step
+    global_batch: int = 96        # micro-steps are accumulated up to this many samples
+    max_seq_len: int = 300        # training rows are cut here (SPEC 5)
+    val_max_seq_len: int = 512
+    seed: int = 42
+    # machinery
+    dtype: str = "auto"           # backbones: auto = bf16 on GPU, fp32 on CPU; the adapter stays fp32
+    autocast: str = "auto"        # auto = bf16 autocast on GPU; "none" or "bf16" to force
+    num_workers: int = 2
+    compile: bool = False
+    checkpoint_layers: bool = False
+    loss_chunk: int = 1024
+    # visibility and safety
+    log_every: int = 10
+    eval_every: int = 500
+    eval_batches: int = 20
+    eval_samples: int = 3
+    eval_max_new_tokens: int = 192
+    save_every: int = 1000
+    keep_last: int = 3
+    max_skip_rate: float = 0.05
+    check_sync: bool = False      # all-gather an adapter checksum every step and stop if ranks differ
+    wandb: str = ""               # a project name enables wandb logging, if installed
+
+
+PRESETS = {
+    # small model, small data, one CPU: a short warmup and a higher learning rate
+    "tiny": dict(lr=5e-4, warmup_steps=30, epochs=3, batch_size=8, global_batch=16, num_workers=1,
+                 eval_every=100, eval_max_new_tokens=48, save_every=100),
+    "desta25": dict(llm="DeSTA-ntu/Llama-3.1-8B-Instruct", encoder="openai/whisper-large-v3",
+                    train_manifest="data/train.jsonl", val_manifest="data/validation.jsonl", data_root="data",
+                    out_dir="runs/desta25", qformer_layers=6, num_workers=6, eval_every=5000, save_every=5000),
+}
+
+
+def parse_config(argv: list[str]) -> TrainConfig:
+    """--preset=NAME first, then --key=value overrides with the field's type; unknown keys are errors."""
+    args = dict(a[2:].split("=", 1) if "=" in a else (a[2:], "true") for a in argv)
+    bad = [a for a in argv if not a.startswith("--")]
+    if bad:
+        raise SystemExit(f"arguments must look like --key=value, got {bad}")
+    preset = args.pop("preset", "tiny")
+    if preset not in PRESETS:
+        raise SystemExit(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    values = dict(PRESETS[preset])
+    types = {f.name: type(getattr(TrainConfig, f.name)) for f in fields(TrainConfig)}
+    for k, v in args.items():
+        if k not in types:
+            raise SystemExit(f"unknown config key --{k} (known: {', '.join(sorted(types))})")
+        t = types[k]
+        if t is bool:
+            values[k] = v.lower() in ("1", "true", "yes")
+        elif t is tuple:
+            values[k] = tuple(float(x) for x in v.split(","))
+        else:
+            values[k] = t(v)
+    return TrainConfig(**values)
+
+
+def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
+    """Linear warmup, then cosine decay to min_lr at the last step."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+# -----------------------------------------------------------------------------------------------
+# Checkpoints: the adapter in the official layout + the training state, written atomically
+# -----------------------------------------------------------------------------------------------
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    if s["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    done = sorted(p for p in out_dir.glob("ckpt-*") if (p / "train_state.pt").is_file())
+    return done[-1] if done else None
+
+
+def save_checkpoint(model, opt, step, epoch, batch_in_epoch, cfg, rank, world, out_dir: Path) -> None:
+    """Every rank writes its RNG state into a temp folder; rank 0 writes the rest and renames it."""
+    tmp, final = out_dir / f".tmp-ckpt-{step:08d}", out_dir / f"ckpt-{step:08d}"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier(world)
+    torch.save(rng_state(), tmp / f"rng-{rank}.pt")
+    barrier(world)
+    if rank == 0:
+        model.save_pretrained(tmp)
+        torch.save({"optimizer": opt.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+                    "world": world, "config": asdict(cfg)}, tmp / "train_state.pt")
+        os.replace(tmp, final)  # a checkpoint folder exists only once complete
+        for old in sorted(out_dir.glob("ckpt-*"))[:-cfg.keep_last]:
+            shutil.rmtree(old)
+    barrier(world)
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+# -----------------------------------------------------------------------------------------------
+# Evaluation during training
+# -----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def validate(model, rows, cfg, device, amp, n_mels) -> dict:
+    """Mean validation loss over a few batches, and greedy answers for a few clips."""
+    model.eval()
+    ds = data.AudioTextDataset(rows, cfg.data_root, n_mels)
+    losses = []
+    for b in range(min(cfg.eval_batches, math.ceil(len(rows) / cfg.batch_size))):
+        batch = data.collate([ds[i] for i in range(b * cfg.batch_size, min(len(rows), (b + 1) * cfg.batch_size))])
+        if not batch["rows"]:
+            continue
+        inputs = model_inputs(model, batch, cfg.val_max_seq_len, device)
+        with amp:
+            losses.append(model(batch["mel"].to(device), inputs, cfg.loss_chunk).item())
+    samples = []
+    items = [ds[i] for i in range(min(cfg.eval_samples, len(rows)))]
+    items = [it for it in items if "error" not in it]
+    if items:
+        mel = torch.cat([it["mel"] for it in items]).to(device)
+        texts = [data.row_audios(it["row"])[0].get("text") or " " for it in items]
+        with amp:
+            answers = generate.answer(model, mel, [it["row"]["prompt"] for it in items], texts,
+                                      generate.Sampling(cfg.eval_max_new_tokens))
+        samples = [{"id": it["row"]["id"], "prompt": it["row"]["prompt"], "answer": a, "target": it["row"]["response"]}
+                   for it, a in zip(items, answers)]
+    model.train()
+    return {"val_loss": sum(losses) / max(1, len(losses)), "samples": samples}
+
+
+def model_inputs(model, batch, max_len, device) -> desta.DeSTABatch:
+    """Tokenize a collated batch: chat context with audio spans, transcriptions capped (SPEC 5)."""
+    rows = batch["rows"]
+    messages = [[{k: v for k, v in m.items() if k != "audios"} for m in r["messages"]] for r in rows]
+    texts = [[a.get("text") or " " for a in data.row_audios(r)] for r in rows]
+    b = model.build_batch(messages, texts, [r["response"] for r in rows], cap_transcription=True, max_len=max_len)
+    return desta.DeSTABatch(*(t.to(device) if t is not None else None for t in
+                              (b.input_ids, b.attn_mask, b.labels, b.audio_rows, b.audio_starts)))
+
+
+# -----------------------------------------------------------------------------------------------
+# Training
+# -----------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config(sys.argv[1:] if argv is None else argv)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    cuda = torch.cuda.is_available()
+    if world > 1:
+        dist.init_process_group("nccl" if cuda else "gloo")
+    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu"
+    if cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+    master = rank == 0
+    out_dir = Path(cfg.out_dir)
+    log = (lambda *a: print(*a, flush=True)) if master else (lambda *a: None)
+
+    # ---- model: frozen backbones, fresh adapter (PyTorch default init), seeded identically everywhere
+    torch.manual_seed(cfg.seed)
+    dtype = {"auto": torch.bfloat16 if cuda else torch.float32, "bf16": torch.bfloat16,
+             "fp32": torch.float32}[cfg.dtype]
+    mcfg = desta.DeSTAConfig(llm_model_id=cfg.llm, encoder_model_id=cfg.encoder,
+                             qformer_num_hidden_layers=cfg.qformer_layers, prompt_size=cfg.prompt_size,
+                             qformer_ffn_dim=cfg.qformer_ffn_dim)
+    model = desta.DeSTA.from_config(mcfg, dtype=dtype, device=device)
+    model.llm.checkpoint_layers = cfg.checkpoint_layers
+    if cfg.compile:
+        for block in [*model.llm.layers, *model.whisper.layers, *model.connector.qformer["layer"]]:
+            block.compile()
+    connector = DDP(model.connector) if world > 1 else model.connector
+    amp_dtype = {"auto": torch.bfloat16 if cuda else None, "bf16": torch.bfloat16, "none": None}[cfg.autocast]
+    amp = torch.autocast(device_type="cuda" if cuda else "cpu", dtype=amp_dtype) if amp_dtype else nullcontext()
+    params = list(model.connector.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+                            fused=cuda)
+    log(f"adapter: {desta.count_parameters(model.connector):,} trainable parameters; taps {model.taps}; "
+        f"backbones {dtype}; world {world}; device {device}")
+
+    # ---- data
+    rows = data.read_jsonl(cfg.train_manifest, required=("id", "messages", "response"))
+    val_rows = data.read_jsonl(cfg.val_manifest, required=("id", "messages", "response")) \
+        if cfg.val_manifest and Path(cfg.val_manifest).is_file() else []
+    accum = max(1, cfg.global_batch // (cfg.batch_size * world))
+    lengths = [data.row_length(r) for r in rows]
+    n_batches = len(data.length_bucketed_batches(lengths, cfg.batch_size, cfg.seed, 0)) // world
+    steps_per_epoch = max(1, n_batches // accum)
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    dataset = data.AudioTextDataset(rows, cfg.data_root, model.whisper.cfg.n_mels)
+    log(f"data: {len(rows)} rows, micro-batch {cfg.batch_size} x {accum} accumulation x {world} ranks "
+        f"= {cfg.batch_size * accum * world} per step; {steps_per_epoch} steps/epoch; {total} steps")
+
+    # ---- resume
+    step, epoch, batch_in_epoch = 0, 0, 0
+    ckpt = latest_checkpoint(out_dir)
+    if ckpt is not None:
+        state = torch.load(ckpt / "train_state.pt", weights_only=False)
+        if state["world"] != world:
+            raise SystemExit(f"{ckpt} was written by {state['world']} ranks; resume with the same world size")
+        model.load_adapter(ckpt)
+        opt.load_state_dict(state["optimizer"])
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        set_rng_state(torch.load(ckpt / f"rng-{rank}.pt", weights_only=False))
+        log(f"resumed from {ckpt} at step {step}")
+    if master:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    logf = open(out_dir / "log.jsonl", "a") if master else None
+    wandb = None
+    if cfg.wandb and master:
+        try:
+            import wandb
+            wandb.init(project=cfg.wandb, config=asdict(cfg), resume="allow")
+        except ImportError:
+            log("wandb not installed: logging to log.jsonl only")
+
+    def emit(rec):
+        if master:
+            logf.write(json.dumps(rec) + "\n")
+            logf.flush()
+            if wandb:
+                wandb.log(rec, step=rec["step"])
+
+    # ---- loop
+    model.train()
+    seen = skipped = tokens = samples = 0
+    t_last = time.time()
+    frozen_before = frozen_checksum(model)
+    while step < total:
+        batches = data.length_bucketed_batches(lengths, cfg.batch_size, cfg.seed, epoch)
+        batches = batches[: len(batches) // world * world][rank::world]  # equal count on every rank
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches[batch_in_epoch:], collate_fn=data.collate,
+                                             num_workers=cfg.num_workers, worker_init_fn=worker_init,
+                                             pin_memory=cuda,
+                                             # its own generator: making an iterator must not draw from
+                                             # the global RNG, or a resumed run's dropout would diverge
+                                             generator=torch.Generator().manual_seed(cfg.seed + epoch))
+        it = iter(loader)
+        while step < total and batch_in_epoch + accum <= len(batches):
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, cfg, total)
+            loss_sum, ids = 0.0, []
+            for micro in range(accum):
+                batch = next(it)
+                batch_in_epoch += 1
+                seen += len(batch["indices"]) + len(batch["errors"])
+                skipped += len(batch["errors"])
+                for e in batch["errors"]:
+                    print(f"rank {rank}: skipped unreadable clip: {e}", file=sys.stderr, flush=True)
+                if seen >= 100 and skipped / seen > cfg.max_skip_rate:
+                    raise SystemExit(f"stopping: {skipped} of {seen} clips unreadable (> max_skip_rate "
+                                     f"{cfg.max_skip_rate}); fix the data or raise the threshold")
+                if not batch["rows"]:
+                    continue
+                inputs = model_inputs(model, batch, cfg.max_seq_len, device)
+                ids += [r["id"] for r in batch["rows"]]
+                sync = micro == accum - 1
+                with (connector.no_sync() if world > 1 and not sync else nullcontext()), amp:
+                    loss = model(batch["mel"].to(device, non_blocking=True), inputs, cfg.loss_chunk, connector)
+                if not torch.isfinite(loss):
+                    raise SystemExit(f"stopping: loss is {loss.item()} at step {step} (rank {rank}), batch ids {ids}")
+                (loss / accum).backward()
+                loss_sum += loss.item() / accum
+                tokens += int(inputs.attn_mask.sum())
+                samples += len(batch["rows"])
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip).item()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            rec = {"step": step, "loss": loss_sum, "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm}
+            if cfg.check_sync:
+                rec["adapter_checksum"] = check_ranks_agree(adapter_checksum(model), world, step)
+            if step % cfg.log_every == 0 or step == total:
+                dt = time.time() - t_last
+                rec.update(samples_per_s=samples * world / dt, tokens_per_s=tokens * world / dt, skipped=skipped)
+                if cuda:
+                    rec["mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+                log(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()))
+                t_last, tokens, samples = time.time(), 0, 0
+            emit(rec)
+            if val_rows and master and (step % cfg.eval_every == 0 or step == total):
+                v = validate(model, val_rows, cfg, device, amp, model.whisper.cfg.n_mels)
+                emit({"step": step, "val_loss": v["val_loss"], "samples": v["samples"]})
+                log(f"step {step} | val_loss {v['val_loss']:.4f}")
+                for s in v["samples"]:
+                    log(f"  [{s['id']}] {s['prompt']}\n    -> {s['answer'][:200]!r}")
+            if step % cfg.save_every == 0 or step == total:
+                save_checkpoint(model, opt, step, epoch, batch_in_epoch, cfg, rank, world, out_dir)
+        if step < total:
+            epoch, batch_in_epoch = epoch + 1, 0
+    assert frozen_checksum(model) == frozen_before, "frozen backbone weights changed during training"
+    result = {"step": step, "adapter_checksum": adapter_checksum(model), "frozen_checksum": frozen_before}
+    emit({"step": step, "final": result})
+    if logf:
+        logf.close()
+    if world > 1:
+        dist.destroy_process_group()
+    return result
+
+
+def check_ranks_agree(value: float, world: int, step: int) -> float:
+    if world > 1:
+        got = [None] * world
+        dist.all_gather_object(got, value)
+        if len(set(got)) != 1:
+            raise SystemExit(f"adapter weights differ across ranks after step {step}: {got}")
+    return value
+
+
+def worker_init(_):
+    torch.set_num_threads(1)  # the workers decode audio and compute log-mel; keep them off the main cores
+
+
+@torch.no_grad()
+def frozen_checksum(model) -> float:
+    return float(sum(p.double().sum() for p in (*model.whisper.parameters(), *model.llm.parameters())))
+
+
+@torch.no_grad()
+def adapter_checksum(model) -> float:
+    return float(sum(p.double().abs().sum() for p in model.connector.parameters()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,8 +1,6 @@
 """The DeSTA fusion model: chat context with the audio span, left-padded batches, the loss over
 response + end-of-turn only, frozen backbones, and the official adapter layout (SPEC 4, 5)."""
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,21 +14,8 @@ P = 8  # prompt_size for the tiny adapter
 
 
 @pytest.fixture(scope="module")
-def backbones(tmp_path_factory):
-    """Random tiny Whisper + Llama saved in HF layout, with the real Llama 3 tokenizer.model."""
-    models = pytest.importorskip("llama_models", reason="llama-models wheel ships the Llama 3 tokenizer.model")
-    root = tmp_path_factory.mktemp("backbones")
-    torch.manual_seed(0)
-    wcfg = transformers.WhisperConfig(d_model=32, encoder_layers=4, encoder_attention_heads=2, decoder_layers=1,
-                                      decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                                      num_mel_bins=80, vocab_size=100, max_target_positions=32, pad_token_id=99,
-                                      bos_token_id=98, eos_token_id=99, decoder_start_token_id=98)
-    transformers.WhisperForConditionalGeneration(wcfg).save_pretrained(root / "whisper")
-    lcfg = transformers.LlamaConfig(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                    num_key_value_heads=2, vocab_size=128256, rope_theta=500000.0)
-    transformers.LlamaForCausalLM(lcfg).save_pretrained(root / "llm")
-    shutil.copy(Path(models.__file__).parent / "llama3" / "tokenizer.model", root / "llm" / "tokenizer.model")
-    return root
+def backbones(random_backbones):
+    return random_backbones
 
 
 def make_model(backbones, **kw):
