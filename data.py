@@ -3686,6 +3686,25 @@ def load_aqa5m_rows(path, strict: bool = False, errors: list | None = None) -> l
     return list(iter_aqa5m_rows(path, strict=strict, errors=errors))
 
 
+def summary_table(seed_rows: list[dict], train_rows: list[dict] | None = None) -> str:
+    """Markdown table: clips, hours and training rows per dataset and split."""
+    rows_per = {}
+    for r in train_rows or []:
+        rows_per[r["id"]] = rows_per.get(r["id"], 0) + 1
+    groups = {}
+    for r in seed_rows:
+        g = groups.setdefault((r.get("dataset", "?"), r.get("split", "?")), [0, 0.0, 0])
+        g[0] += 1
+        g[1] += float(r.get("duration") or 0) / 3600
+        g[2] += rows_per.get(r["id"], 0)
+    lines = ["| dataset | split | clips | hours | training rows |", "|---|---|---:|---:|---:|"]
+    for (ds, split), (n, h, k) in sorted(groups.items()):
+        lines.append(f"| {ds} | {split} | {n} | {h:.2f} | {k} |")
+    tot = [sum(g[i] for g in groups.values()) for i in range(3)]
+    lines.append(f"| **all** | | {tot[0]} | {tot[1]:.2f} | {tot[2]} |")
+    return "\n".join(lines)
+
+
 # ---- batching (training) ----
 # Rows in the DeSTA-AQA5M layout become (log-mel, row) items in DataLoader workers, so decoding and the
 # STFT happen off the training process. Tokenization stays in the main process (it needs the model's
@@ -3768,8 +3787,15 @@ def main(argv=None):
     r.add_argument("name", choices=sorted(RECIPES))
     r.add_argument("--root", default="data", help="data root: corpora, downloads/ and seed manifests go here")
     r.add_argument("--no-download", action="store_true", help="parse a corpus already unpacked under --root")
+    m = sub.add_parser("summary", help="clips, hours and training rows per dataset and split")
+    m.add_argument("seeds", help="seed manifest")
+    m.add_argument("train", nargs="*", help="training manifest(s)")
     args = parser.parse_args(argv)
 
+    if args.command == "summary":
+        train_rows = [row for t in args.train for row in read_jsonl(t)]
+        print(summary_table(read_jsonl(args.seeds), train_rows))
+        return
     if args.command == "recipe":
         print(prepare(args.name, args.root, download=not args.no_download))
         return

@@ -56,15 +56,19 @@ def hash32(x: torch.Tensor) -> torch.Tensor:
     return (x >> 16) ^ x
 
 
-def uniform_noise(seeds: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:
-    """Counter-based uniforms in (0, 1), shape (B, vocab): a pure function of (seed, step, token).
+def uniform_noise(seeds: torch.Tensor, steps: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Counter-based uniforms in (0, 1) for tokens (B, K): a pure function of (seed, step, token id).
 
     Each sequence's randomness depends on nothing but its own seed and position, so a sampled answer
     is the same alone, in any batch, in any slot, and after a restart (self-generation resumes).
     """
-    key = hash32((hash32(seeds & 0xFFFFFFFF) ^ hash32(steps & 0xFFFFFFFF))[:, None]
-                 + torch.arange(vocab, device=seeds.device))
-    return (hash32(key).double() + 0.5) / 2**32
+    row = hash32(seeds & 0xFFFFFFFF) ^ hash32(steps & 0xFFFFFFFF)
+    return (hash32(hash32(row[:, None] + tokens)).double() + 0.5) / 2**32
+
+
+# Gumbel noise -log(-log(u)) from 32-bit uniforms lies within [G_LO, G_HI], so a token whose scaled
+# logit is more than G_HI - G_LO below the best one can never win: only the rest need noise.
+G_LO, G_HI = -math.log(-math.log(0.5 / 2**32)), -math.log(-math.log(1 - 0.5 / 2**32))
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, seeds=None, steps=None) -> torch.Tensor:
@@ -82,8 +86,12 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, seeds=None, s
     if seeds is None:  # unseeded: fresh randomness
         seeds = torch.randint(0, 2**32, (logits.shape[0],), device=logits.device)
         steps = torch.zeros_like(seeds)
-    gumbel = -torch.log(-torch.log(uniform_noise(seeds, steps, logits.shape[-1])))
-    return (logits.double() + gumbel).argmax(-1)
+    # only tokens that can still win get noise (a handful at the paper's temperature 0.05)
+    contenders = logits >= logits.max(-1, keepdim=True).values - (G_HI - G_LO)
+    k = int(contenders.sum(-1).max())
+    cand, idx = logits.topk(k, dim=-1)
+    gumbel = -torch.log(-torch.log(uniform_noise(seeds, steps, idx)))
+    return idx.gather(-1, (cand.double() + gumbel).argmax(-1, keepdim=True)).squeeze(-1)
 
 
 # -----------------------------------------------------------------------------------------------

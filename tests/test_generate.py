@@ -132,3 +132,15 @@ def test_prompt_too_long_is_an_error(tiny):
     _, ours = tiny
     with pytest.raises(ValueError, match="exceeds the cache length"):
         generate.generate(ours, prompts_of([20]), max_new_tokens=10, max_len=16)
+
+
+def test_gumbel_shortcut_is_exact():
+    """Noise only for tokens that can still win gives the draw the full-vocabulary Gumbel-max gives."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 500, generator=g) * 3
+    seeds, steps = torch.arange(64) * 7919, torch.arange(64) % 5
+    for T in (0.05, 0.7, 2.0):
+        full = torch.arange(500).expand(64, 500)
+        gumbel = -torch.log(-torch.log(generate.uniform_noise(seeds, steps, full)))
+        expected = ((logits / T).double() + gumbel).argmax(-1)
+        assert torch.equal(generate.sample(logits, T, 1.0, seeds, steps), expected)
