@@ -5,7 +5,22 @@ PY     := $(VENV)/bin/python
 # the CPU build of torch on this kind of machine; on a GPU machine pip picks the CUDA build of the same version
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup setup-test test clean
+PRESET ?= tiny
+NPROC  ?= 1
+ifeq ($(PRESET),tiny)
+DATA    ?= data_tiny
+LLM     ?= HuggingFaceTB/SmolLM2-135M-Instruct
+# one prompt per clip (>2,000 rows), short answers: what 2 CPU cores can write in minutes
+SELFGEN ?= --k 1 --max-new-tokens 96 --batch-size 32
+else
+DATA    ?= data
+LLM     ?= DeSTA-ntu/Llama-3.1-8B-Instruct
+SELFGEN ?= --k 4 --batch-size 64 --dtype bf16
+RECIPES ?= esc50 librispeech-train-clean-100 librispeech-dev-clean speech-commands crema-d vctk nsynth-test clotho
+endif
+SELFGEN_RUN = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC)) generate.py selfgen
+
+.PHONY: setup setup-test test data bench clean
 
 $(VENV)/.runtime: requirements.txt requirements-tiny.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +37,22 @@ setup-test: $(VENV)/.test      ## + test oracles (transformers, ...)
 
 test: setup-test               ## the test suite (what CI runs)
 	$(PY) -m pytest -q tests
+
+data: setup                    ## weights -> corpus -> seed manifest -> self-generated training manifests
+	$(PY) data.py weights --preset $(PRESET)
+ifeq ($(PRESET),tiny)
+	$(PY) data.py corpus --root $(DATA)
+else
+	for r in $(RECIPES); do $(PY) data.py recipe $$r --root $(DATA) || exit 1; done
+	$(PY) data.py seeds --root $(DATA)
+endif
+	$(SELFGEN_RUN) --seeds $(DATA)/seed_manifest.jsonl --llm $(LLM) --split train --out $(DATA)/train.jsonl $(SELFGEN)
+	$(SELFGEN_RUN) --seeds $(DATA)/seed_manifest.jsonl --llm $(LLM) --split validation --out $(DATA)/validation.jsonl $(SELFGEN)
+	$(PY) data.py summary $(DATA)/seed_manifest.jsonl $(DATA)/train.jsonl $(DATA)/validation.jsonl
+
+bench: setup-test              ## speed table on this machine (bench/results.md)
+	$(PY) data.py weights --preset tiny
+	$(PY) bench/bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -3787,11 +3787,21 @@ def main(argv=None):
     r.add_argument("name", choices=sorted(RECIPES))
     r.add_argument("--root", default="data", help="data root: corpora, downloads/ and seed manifests go here")
     r.add_argument("--no-download", action="store_true", help="parse a corpus already unpacked under --root")
+    j = sub.add_parser("seeds", help="join the recipes' seed manifests under ROOT into one seed manifest")
+    j.add_argument("--root", default="data")
     m = sub.add_parser("summary", help="clips, hours and training rows per dataset and split")
     m.add_argument("seeds", help="seed manifest")
     m.add_argument("train", nargs="*", help="training manifest(s)")
     args = parser.parse_args(argv)
 
+    if args.command == "seeds":
+        parts = sorted(Path(args.root).glob(RECIPE_MANIFEST_NAME.format(name="*")))
+        if not parts:
+            sys.exit(f"no {RECIPE_MANIFEST_NAME.format(name='*')} under {args.root}: run `python data.py recipe NAME` first")
+        rows = [row for p in parts for row in read_jsonl(p, required=("id", "seed_description"))]
+        write_jsonl(Path(args.root) / "seed_manifest.jsonl", rows)
+        print(f"{Path(args.root) / 'seed_manifest.jsonl'}: {len(rows)} clips from {len(parts)} corpora")
+        return
     if args.command == "summary":
         train_rows = [row for t in args.train for row in read_jsonl(t)]
         print(summary_table(read_jsonl(args.seeds), train_rows))

@@ -152,12 +152,13 @@ class Engine:
     # -- the scheduler -------------------------------------------------------------------------
     @torch.no_grad()
     def run(self, prompts: list, sampling: Sampling, stop_ids=(), continuous: bool = True, on_finish=None,
-            seeds: list[int] | None = None):
+            seeds: list[int] | None = None, max_new: list[int] | None = None):
         """Generate for every prompt; returns the new tokens of each (stop token excluded), in order.
 
         on_finish(index, tokens) is called as soon as a sequence finishes (self-generation appends its
         row there). Static batching (continuous=False) refills only when the whole batch is done.
         seeds: one sampling seed per prompt (default: sampling.seed + index).
+        max_new: a per-prompt cap on new tokens (at most sampling.max_new_tokens).
         """
         if not prompts:
             return []
@@ -170,6 +171,7 @@ class Engine:
         queue = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))    # longest first
         results: list = [None] * len(prompts)
         B, N = self.B, sampling.max_new_tokens
+        caps = torch.tensor(max_new or [N] * len(prompts), device=self.device).clamp(max=N)
         owner = torch.full((B,), -1, dtype=torch.long, device=self.device)      # prompt index per slot
         lengths = torch.zeros(B, dtype=torch.long, device=self.device)          # cached positions per slot
         n_new = torch.zeros(B, dtype=torch.long, device=self.device)
@@ -202,7 +204,7 @@ class Engine:
                 tok = draw(logits, rows)
                 lengths[rows], last[rows], active[rows] = lens, tok, True
                 out[rows, 0], n_new[rows] = tok, 1
-                done = rows[torch.isin(tok, stop) | (n_new[rows] >= N)]
+                done = rows[torch.isin(tok, stop) | (n_new[rows] >= caps[owner[rows]])]
                 if len(done):
                     finish(done)
                 continue  # fill every free slot before the next decode step
@@ -213,7 +215,7 @@ class Engine:
             out[rows, n_new[rows]] = tok[rows]
             n_new[rows] += 1
             last = tok
-            done = rows[torch.isin(tok[rows], stop) | (n_new[rows] >= N)]
+            done = rows[torch.isin(tok[rows], stop) | (n_new[rows] >= caps[owner[rows]])]
             if len(done):
                 finish(done)
         return results
@@ -482,7 +484,10 @@ def main_infer(argv):
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["selfgen"]:
-        main_selfgen(sys.argv[2:])
-    else:
-        main_infer(sys.argv[1:])
+    try:
+        if sys.argv[1:2] == ["selfgen"]:
+            main_selfgen(sys.argv[2:])
+        else:
+            main_infer(sys.argv[1:])
+    except (data.ManifestError, data.AudioError, desta.CheckpointError) as e:
+        sys.exit(f"error: {e}")  # bad input: the message names the file; no traceback needed

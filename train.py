@@ -402,4 +402,7 @@ def adapter_checksum(model) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (data.ManifestError, desta.CheckpointError) as e:
+        sys.exit(f"error: {e}")  # bad input: the message names the file; no traceback needed

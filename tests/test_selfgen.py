@@ -1,0 +1,107 @@
+"""Self-generation: rows in the DeSTA-AQA5M layout, resumable after a kill (every (id, prompt) exactly
+once, same text as an uninterrupted run), sharded over two torchrun ranks that merge cleanly."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import data
+import desta
+import generate
+from conftest import ROOT
+
+
+def seed_manifest(path, n=30):
+    rows = []
+    for i in range(n):
+        speech = i % 3 != 0
+        rows.append({"id": f"audio/{i:03d}.wav", "dataset": "unit", "split": "train",
+                     "transcription": f"Sentence number {i}." if speech else " ",
+                     "seed_description": (f"[00:00-00:02] Sentence number {i}. (Gender: Female)" if speech
+                                          else f"[00:00-00:02] (Sound: Beep {i}, Duration: 2s)")})
+    data.write_jsonl(path, rows)
+    return rows
+
+
+def selfgen_cmd(llm, seeds, out, *extra):
+    return [sys.executable, "generate.py", "selfgen", "--seeds", str(seeds), "--llm", str(llm), "--out", str(out),
+            "--k", "2", "--max-new-tokens", "12", "--batch-size", "4", *extra]
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), **kw)
+
+
+def test_prompt_choice_and_row_layout():
+    pools = {"speech": [f"speech prompt {i}" for i in range(50)], "sound": [f"sound prompt {i}" for i in range(50)]}
+    speech = {"id": "a.wav", "transcription": "hello", "seed_description": "[00:00-00:01] hello", "dataset": "d"}
+    sound = {"id": "b.wav", "transcription": " ", "seed_description": "[00:00-00:01] (Sound: Beep)", "dataset": "d"}
+    p = generate.choose_prompts(speech, pools, 3, seed=1)
+    assert p == generate.choose_prompts(speech, pools, 3, seed=1) and len(set(p)) == 3
+    assert all(x.startswith("speech") for x in p)
+    assert all(x.startswith("sound") for x in generate.choose_prompts(sound, pools, 3, seed=1))
+    assert generate.choose_prompts(speech, pools, 3, seed=2) != p
+    msgs = generate.backbone_messages(speech["seed_description"], "What is said?")
+    assert msgs[0] == {"role": "system", "content": desta.DEFAULT_SYSTEM}
+    assert msgs[1]["content"] == "<start_audio>[00:00-00:01] hello<end_audio>\nWhat is said?"
+    row = generate.training_row(speech, "What is said?", "Hello.")
+    assert list(row) == ["id", "dataset", "seed_description", "prompt", "response", "messages"]
+    assert row["messages"][1] == {"role": "user", "content": "<start_audio><|AUDIO|><end_audio>\nWhat is said?",
+                                  "audios": [{"audio": "a.wav", "text": "hello"}]}
+
+
+def test_kill_and_resume_gives_the_uninterrupted_rows(random_backbones, tmp_path):
+    rows = seed_manifest(tmp_path / "seeds.jsonl")
+    llm = random_backbones / "llm"
+    straight = tmp_path / "straight.jsonl"
+    r = run(selfgen_cmd(llm, tmp_path / "seeds.jsonl", straight))
+    assert r.returncode == 0, r.stderr
+    resumed = tmp_path / "resumed.jsonl"
+    p = subprocess.Popen(selfgen_cmd(llm, tmp_path / "seeds.jsonl", resumed), cwd=ROOT,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"), stderr=subprocess.PIPE, text=True)
+    part = tmp_path / "resumed.jsonl.part0"
+    deadline = time.time() + 300
+    while not (part.is_file() and len(part.read_bytes().splitlines()) >= 12):
+        assert p.poll() is None and time.time() < deadline, "finished or stalled before it could be killed"
+        time.sleep(0.01)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not resumed.exists()
+    with open(part, "ab") as f:  # as if the kill had landed in the middle of a write
+        f.write(b'{"id": "audio/000.wav", "prom')
+    r = run(selfgen_cmd(llm, tmp_path / "seeds.jsonl", resumed))
+    assert r.returncode == 0, r.stderr
+    assert "already done" in r.stderr
+    a, b = data.read_jsonl(straight), data.read_jsonl(resumed)
+    keys = [(x["id"], x["prompt"]) for x in b]
+    assert len(keys) == len(set(keys)) == 2 * len(rows)
+    assert a == b  # same rows, same text, same order
+    assert not list(tmp_path.glob("resumed.jsonl.part*"))
+    again = run(selfgen_cmd(llm, tmp_path / "seeds.jsonl", resumed))
+    assert "nothing to do" in again.stderr
+
+
+def test_two_ranks_write_disjoint_shards(random_backbones, tmp_path):
+    seed_manifest(tmp_path / "seeds.jsonl", n=12)
+    llm = random_backbones / "llm"
+    single = tmp_path / "single.jsonl"
+    assert run(selfgen_cmd(llm, tmp_path / "seeds.jsonl", single)).returncode == 0
+    two = tmp_path / "two.jsonl"
+    cmd = selfgen_cmd(llm, tmp_path / "seeds.jsonl", two)
+    r = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *cmd[1:]])
+    assert r.returncode == 0, r.stderr
+    assert "rank 0/2" in r.stderr and "rank 1/2" in r.stderr
+    assert data.read_jsonl(two) == data.read_jsonl(single)
+
+
+@pytest.mark.parametrize("bad", ['{"id": "x"}\n', "not json\n"])
+def test_bad_seed_rows_are_named(tmp_path, bad):
+    (tmp_path / "seeds.jsonl").write_text(json.dumps({"id": "a", "seed_description": "d"}) + "\n" + bad)
+    r = run([sys.executable, "generate.py", "selfgen", "--seeds", str(tmp_path / "seeds.jsonl"), "--llm", "x",
+             "--out", str(tmp_path / "o.jsonl")])
+    assert r.returncode != 0 and "seeds.jsonl:2" in r.stderr
