@@ -1,7 +1,13 @@
 """
-Benchmarks of DeSTA2.5-Audio (paper Table I/II, SPEC 10): loaders, prompts, the official scorers and the
-report table. This file does not run a model: it turns benchmark files into `Prompt`s, and it scores the
-responses a model gave to them, so a predictions file can always be re-scored offline.
+Benchmarks of DeSTA2.5-Audio (paper Table I/II/III, SPEC 10): loaders, prompts, the official scorers, the
+model runs (DeSTA, the cascade baseline, a text-only reference) and the report tables. Predictions are
+written with the raw responses, so a predictions file can always be re-scored offline.
+
+    python evaluate.py --benchmark mmau --data mmau-test-mini.json --checkpoint DIR      (run + score)
+    python evaluate.py --benchmark mmau --data ... --system cascade --llm DIR --asr DIR  (Whisper -> LLM)
+    python evaluate.py --benchmark mmau --data results.json [--predictions FILE]         (score only)
+    python evaluate.py --benchmark tiny --data data_tiny/seed_manifest.jsonl --checkpoint DIR
+    python evaluate.py --benchmark ppl --data train.jsonl --llm DIR                      (Table III)
 
 Reading order:
   0. Shared pieces: the Prompt a model is asked, small I/O helpers, an OpenAI-compatible judge client
@@ -11,8 +17,13 @@ Reading order:
   4. IFEval checkers         (Google's instruction checkers and Speech-IFEval's variants)
   5. Speech-IFEval           (IFrate, forgetting rate)
   6. VoiceBench              (the rule-based subsets: mmsu, openbookqa, bbh, ifeval, advbench)
-  7. Outputs                 (predictions jsonl, scores json, a markdown table laid out like Table I)
-  8. Command line            (`python evaluate.py --benchmark NAME --data PATH [--predictions FILE]`)
+  7. tiny                    (the synthetic corpus's test split as multiple-choice questions on its
+                              ground-truth attributes, plus instruction-following prompts)
+  8. Perplexity of targets   (Table III: the backbone's PPL of a training manifest's responses)
+  9. Running a model         (DeSTA, cascade = Whisper ASR -> LLM, text = LLM given a text stand-in;
+                              batched, resumable)
+ 10. Outputs                 (predictions jsonl, scores json, a markdown table laid out like Table I)
+ 11. Command line
 
 Every benchmark is reached the same way through BENCHMARKS[name]: `.load(path)` -> rows (dicts; VoiceBench
 also takes the subset name),
@@ -34,6 +45,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+import torch
+import torch.nn.functional as F
+
+import data
+import desta
+import generate
 
 # -----------------------------------------------------------------------------------------------------
 # 0. Shared pieces
@@ -56,13 +73,15 @@ JUDGE_DEFAULT_MODEL = "gpt-4o-2024-11-20"  # what SAKURA and Speech-IFEval used
 @dataclass
 class Prompt:
     """One request to the model. The chat turn the model sees is: system = `system`; user = for each
-    audio in `audios`, the model's audio placeholder followed by `audio_sep`, then `user`. Filling the
-    placeholder (features, tokens) is the generation code's job, not this file's."""
+    audio in `audios`, the model's audio placeholder followed by `audio_sep`, then `user` (section 9
+    fills the placeholder: audio vectors + transcription for DeSTA, a text for the text-only systems)."""
     id: str
     system: str
     user: str
     audios: list
     audio_sep: str = AUDIO_SEP
+    texts: list = None           # a text stand-in per audio (seed description, Speech-IFEval's textual_audio)
+    max_new_tokens: int = None   # cap for this prompt; None: the run's default
 
 
 @dataclass
@@ -1064,7 +1083,9 @@ def load_speech_ifeval(path, audio_root=None):
 
 
 def speech_ifeval_prompt(row):
-    return Prompt(row["id"], SYSTEM_DEFAULT, row["instruction"], [row["audio"]])
+    # textual_audio is what the reference IFrate's text-only LLM reads in place of the audio
+    texts = [row["textual_audio"]] if row.get("textual_audio") else None
+    return Prompt(row["id"], SYSTEM_DEFAULT, row["instruction"], [row["audio"]], texts=texts)
 
 
 def cot_judge(judge, row, response):
@@ -1518,7 +1539,464 @@ def voicebench_overall(subset_scores):
 
 
 # -----------------------------------------------------------------------------------------------------
-# 7. Outputs
+# 7. tiny: the synthetic corpus's held-out test split as multiple-choice questions on its ground truth
+#
+# Every clip of the corpus was rendered from known settings (the seed manifest keeps them as raw fields),
+# so each setting can be asked about with an exact answer. One question per (clip, attribute the clip
+# has), all values of the attribute as options, in an order shuffled per question (seeded: a model that
+# always picks the first option scores chance). Scored with the MMAU token-set rule. Plus one
+# instruction-following prompt per clip (rotating over TINY_IF_PROMPTS), scored by the Speech-IFEval
+# checkers. The same rows are answered by DeSTA and by two references that use the same code: the bare
+# backbone given the seed description as text (an upper bound: the description *is* the ground truth),
+# and the cascade (the backbone given Whisper's transcript).
+
+@dataclass
+class TinyAttribute:
+    question: str
+    value: object    # seed-manifest row -> the answer (one of `options`), or None: the clip lacks it
+    options: tuple   # every value the corpus can write for this attribute
+
+
+def _single(values):  # a list field with one entry -> that entry; several (e.g. two sounds) -> not asked
+    return values[0] if isinstance(values, list) and len(values) == 1 else None
+
+
+def _fmt(template):  # a number field -> its option text; absent -> None
+    return lambda v: None if v is None else template.format(v)
+
+
+# The one table to edit when the corpus changes: description attribute -> question, manifest field, options.
+# Options are the corpus's own value tables (data.py), so a new value there is a new option here. Questions
+# name the attribute as the description does: SmolLM2-135M given the description as text answered 28.5%
+# (macro, 78 questions) with paraphrased questions, 38.0% with these (43.7% with SYSTEM_MMAU, used below).
+# Left out on purpose: per-speaker attributes of two-speaker clips (the top-level fields exist only for
+# one speaker), the exact key ("C major" and "C# major" are the same MMAU tokens: only the mode is asked),
+# and Duration (a number, not a class).
+TINY_ATTRIBUTES = {
+    "Gender": TinyAttribute("What is the speaker's gender?", lambda r: r.get("gender"), tuple(data.VOICE_VARIANTS)),
+    "Accent": TinyAttribute("What is the speaker's accent?", lambda r: r.get("accent"), tuple(data.ACCENTS)),
+    "Speaking rate": TinyAttribute("What is the speaker's speaking rate?", lambda r: r.get("rate"),
+                                   tuple(data.SPEAKING_RATES)),
+    "Pitch": TinyAttribute("What is the speaker's pitch?", lambda r: r.get("pitch"), tuple(data.PITCH_LEVELS)),
+    "Speakers": TinyAttribute("How many speakers are there?", lambda r: _fmt("{}")(r.get("num_speakers")),
+                              ("1", "2")),
+    "Background": TinyAttribute("What is the background?", lambda r: r.get("background"),
+                                tuple(data.BACKGROUNDS)),
+    "SNR": TinyAttribute("What is the SNR?",
+                         lambda r: _fmt("{:g} dB")(r.get("snr_db")), tuple(f"{v:g} dB" for v in data.SNR_LEVELS_DB)),
+    "Sound": TinyAttribute("What is the sound?", lambda r: _single(r.get("sound")), tuple(data.SOUNDS)),
+    "Instrument": TinyAttribute("Which instrument plays the music?", lambda r: r.get("instrument"),
+                                tuple(data.INSTRUMENTS)),
+    "Texture": TinyAttribute("What does the music play?", lambda r: r.get("texture"), tuple(data.TEXTURES)),
+    "Drums": TinyAttribute("Are there drums in the music?",
+                           lambda r: {True: "Yes", False: "No"}.get(r.get("drums")), ("Yes", "No")),
+    "Mode": TinyAttribute("Is the key major or minor?",
+                          lambda r: r["key"].split()[-1] if r.get("key") else None, tuple(data.SCALES)),
+    "Tempo": TinyAttribute("What is the tempo?", lambda r: _fmt("{:g} bpm")(r.get("tempo_bpm")),
+                           tuple(f"{b:g} bpm" for b in data.TEMPOS_BPM)),
+    "Volume": TinyAttribute("What is the volume?", lambda r: r.get("volume"), tuple(data.VOLUME_LEVELS)),
+}
+# (instruction, Speech-IFEval instruction id, checker kwargs): Speech-IFEval-style prompts about the clip
+TINY_IF_PROMPTS = (
+    ("Describe the audio in all lowercase letters. No capital letters are allowed.",
+     "change_case:english_lowercase", {}),
+    ("Describe the audio. Your entire response should be in English, and in all capital letters.",
+     "change_case:english_capital", {}),
+    ("Describe the audio in fewer than 30 words.", "length_constraints:number_words",
+     {"num_words": 30, "relation": "less than"}),
+    ("Describe the audio. Wrap your entire response with double quotation marks.", "startend:quotation", {}),
+    ('Describe the audio. Finish your response with this exact phrase "Is there anything else?". '
+     "No other words should follow this phrase.", "startend:end_checker", {"end_phrase": "Is there anything else?"}),
+    ("List exactly 3 things you notice in the audio. Use the markdown bullet points such as:\n* This is a point.",
+     "detectable_format:number_bullet_lists", {"num_bullets": 3}),
+    ("Describe the audio without using any commas.", "punctuation:no_comma", {}),
+    ("Give the audio a title wrapped in double angular brackets, such as <<my title>>, then describe it.",
+     "detectable_format:title", {}),
+)
+TINY_SPLIT = "test"
+TINY_SEED = 0
+TINY_MCQ_MAX_NEW_TOKENS = 48   # an option is a few words; the cap keeps a rambling answer cheap
+TINY_SYSTEMS = {"desta": "DeSTA", "text": "Text-only (description)", "cascade": "Cascade (ASR)"}
+
+
+def load_tiny(path, split=TINY_SPLIT, audio_root=None, limit=None, seed=TINY_SEED):
+    """A seed manifest -> question rows for its `split` clips (the first `limit` clips). Audio paths are
+    audio_root / id (default: the manifest's folder, where the corpus writes them)."""
+    path = Path(path)
+    manifest = data.read_jsonl(path, required=("id", "seed_description", "split"))
+    clips = [r for r in manifest if r["split"] == split][:limit]
+    if not clips:
+        raise ValueError(f"{path}: no clips with split={split!r}")
+    root = Path(audio_root) if audio_root else path.parent
+    rows = []
+    for i, clip in enumerate(clips):
+        base = {"clip": clip["id"], "audio": str(root / clip["id"]), "seed_description": clip["seed_description"]}
+        for name, attr in TINY_ATTRIBUTES.items():
+            value = attr.value(clip)
+            if value is None:
+                continue
+            if value not in attr.options:
+                raise ValueError(f"{path}: clip {clip['id']}: {name} {value!r} is not one of {list(attr.options)} "
+                                 "(update evaluate.TINY_ATTRIBUTES to the corpus)")
+            choices = list(attr.options)
+            random.Random(f"{seed}:{clip['id']}:{name}").shuffle(choices)
+            rows.append({**base, "id": f"{clip['id']}#{name}", "kind": "mcq", "attribute": name,
+                         "question": attr.question, "choices": choices, "answer": value})
+        instruction, iid, kwargs = TINY_IF_PROMPTS[i % len(TINY_IF_PROMPTS)]
+        rows.append({**base, "id": f"{clip['id']}#if", "kind": "if", "instruction": instruction,
+                     "instruction_id_list": [iid], "kwargs": [kwargs]})
+    return rows
+
+
+def tiny_prompt(row):
+    # The training layout (generate.answer, generate.backbone_messages): audio, a newline, the prompt.
+    if row["kind"] == "mcq":
+        return Prompt(row["id"], SYSTEM_MMAU, mmau_question(row["question"], row["choices"]), [row["audio"]], "\n",
+                      texts=[row["seed_description"]], max_new_tokens=TINY_MCQ_MAX_NEW_TOKENS)
+    return Prompt(row["id"], SYSTEM_DEFAULT, row["instruction"], [row["audio"]], "\n", texts=[row["seed_description"]])
+
+
+def score_tiny(rows, responses):
+    """Per attribute: accuracy (MMAU rule) and chance (1 / options); their macro means over attributes;
+    the instruction-following rate (strict, Speech-IFEval checkers) overall and per instruction."""
+    records, per_attr, per_inst = [], defaultdict(lambda: [0, 0]), defaultdict(lambda: [0, 0])
+    for row in rows:
+        response = responses.get(row["id"]) or ""
+        if row["kind"] == "mcq":
+            pred = extract_mmau_answer(response)
+            ok = mmau_string_match(row["answer"], pred, row["choices"])
+            per_attr[row["attribute"]][0] += ok
+            per_attr[row["attribute"]][1] += 1
+            records.append({"id": row["id"], "prompt": mmau_question(row["question"], row["choices"]),
+                            "response": response, "extracted": pred, "answer": row["answer"], "correct": ok,
+                            "attribute": row["attribute"], "clip": row["clip"]})
+        else:
+            iid, kw = row["instruction_id_list"][0], row["kwargs"][0]
+            ok = follows_instruction(SPEECH_IFEVAL_CHECKERS, iid, response, kw, f"tiny row {row['id']}")
+            per_inst[iid][0] += ok
+            per_inst[iid][1] += 1
+            records.append({"id": row["id"], "prompt": row["instruction"], "response": response, "extracted": [ok],
+                            "correct": ok, "instruction_id_list": [iid], "clip": row["clip"]})
+    attributes = {name: {"acc": pct(*per_attr[name]), "n": per_attr[name][1],
+                         "chance": 100.0 / len(TINY_ATTRIBUTES[name].options)}
+                  for name in TINY_ATTRIBUTES if name in per_attr}
+    mean = lambda xs: sum(xs) / len(xs) if xs else None
+    hits, total = sum(v[0] for v in per_inst.values()), sum(v[1] for v in per_inst.values())
+    scores = {
+        "attributes": attributes,
+        "mcq": {"acc": mean([a["acc"] for a in attributes.values()]),
+                "acc_pooled": pct(sum(v[0] for v in per_attr.values()), sum(v[1] for v in per_attr.values())),
+                "chance": mean([a["chance"] for a in attributes.values()]),
+                "n": sum(a["n"] for a in attributes.values())},
+        "instruction_following": {"rate": pct(hits, total), "n": total,
+                                  "per_instruction": {k: pct(*v) for k, v in sorted(per_inst.items())}},
+        "no_prediction": sum(r["id"] not in responses for r in rows),
+    }
+    return Scored(records, scores)
+
+
+def tiny_table(scores_by_system):
+    """{system: score_tiny scores} -> markdown: one row per attribute, n and chance next to each system."""
+    systems = [s for s in TINY_SYSTEMS if s in scores_by_system]
+    columns = ("n", "chance", *(TINY_SYSTEMS[s] for s in systems))
+    first = scores_by_system[systems[0]]
+    rows = {}
+    for name, a in first["attributes"].items():
+        rows[name] = {"n": a["n"], "chance": a["chance"],
+                      **{TINY_SYSTEMS[s]: scores_by_system[s]["attributes"][name]["acc"] for s in systems}}
+    rows["All attributes (macro)"] = {"n": first["mcq"]["n"], "chance": first["mcq"]["chance"],
+                                      **{TINY_SYSTEMS[s]: scores_by_system[s]["mcq"]["acc"] for s in systems}}
+    rows["Instruction following"] = {"n": first["instruction_following"]["n"],
+                                     **{TINY_SYSTEMS[s]: scores_by_system[s]["instruction_following"]["rate"]
+                                        for s in systems}}
+    return markdown_table(rows, columns, label="Attribute")
+
+
+# -----------------------------------------------------------------------------------------------------
+# 8. Perplexity of targets (Table III: self-generated 1.61 vs other-model 3.54)
+#
+# For each training row, the backbone reads exactly the text context it had when writing targets
+# (system prompt + `<start_audio>{seed_description}<end_audio>\n{prompt}`, generate.backbone_messages)
+# and we score the response tokens + the end-of-turn token, as training labels them (SPEC 5). PPL =
+# exp(total NLL / total target tokens) over the manifest. Rows are batched by length, right-padded, and
+# logits are computed only at the positions that predict a target token.
+
+PPL_BATCH_TOKENS = 16384   # padded tokens per forward pass
+PPL_LOGIT_CHUNK = 1024     # target positions per lm_head call: bounds the (chunk, vocab) logits
+
+
+def ppl_sequence(tok, row, where):
+    """A training row -> (context ids, target ids)."""
+    require(row, ["seed_description", "prompt", "response"], where)
+    messages = row.get("messages") or []
+    system = messages[0]["content"] if messages and messages[0].get("role") == "system" else desta.DEFAULT_SYSTEM
+    context = tok.apply_chat_template(generate.backbone_messages(row["seed_description"], row["prompt"], system))
+    return context, tok.encode(row["response"]) + [tok.eot_id]
+
+
+@torch.no_grad()
+def target_nll(llm, contexts, targets, pad_id=0, chunk=PPL_LOGIT_CHUNK):
+    """One batch: summed NLL (float64) of each row's target ids given its context and the targets before
+    them -> list of (nll, n_targets). contexts/targets: lists of id lists."""
+    device = llm.embed_tokens.weight.device
+    seqs = [c + t for c, t in zip(contexts, targets)]
+    T = max(map(len, seqs))
+    tokens = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(seqs), T, dtype=torch.bool)
+    rows, cols, ys = [], [], []
+    for i, (c, t) in enumerate(zip(contexts, targets)):
+        tokens[i, :len(c) + len(t)] = torch.tensor(c + t)
+        mask[i, :len(c) + len(t)] = True             # right padding: positions 0.. as the row alone
+        rows += [i] * len(t)
+        cols += range(len(c) - 1, len(c) + len(t) - 1)  # position p predicts token p + 1
+        ys += t
+    h = llm.hidden(tokens.to(device), attn_mask=mask.to(device))          # (B, T, dim)
+    rows, cols, ys = (torch.tensor(x, device=device) for x in (rows, cols, ys))
+    hs = h[rows, cols]                                                    # (N, dim): target positions only
+    nll = torch.cat([F.cross_entropy(llm.lm_head(hs[j:j + chunk]).float(), ys[j:j + chunk], reduction="none")
+                     for j in range(0, len(ys), chunk)])
+    sums = torch.zeros(len(seqs), dtype=torch.float64, device=device).index_add_(0, rows, nll.double())
+    return [(s, len(t)) for s, t in zip(sums.tolist(), targets)]
+
+
+def length_batches(lengths, batch_tokens):
+    """Indices sorted by length, cut into batches of at most batch_tokens padded tokens (at least one row)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches, cur = [], []
+    for i in order:
+        if cur and lengths[i] * (len(cur) + 1) > batch_tokens:
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    return batches + [cur] if cur else batches
+
+
+def perplexity_of_targets(llm, tok, rows, out_path, batch_tokens=PPL_BATCH_TOKENS, where="manifest", log_every=10.0):
+    """Per-row NLL appended to out_path as computed (row `n`, id, nll, tokens); rows already there are
+    skipped on a rerun. Returns the scores: ppl = exp(total NLL / total tokens), and the mean per-row PPL."""
+    writer = data.JsonlAppender(out_path)
+    done = {r["n"]: r for r in writer.rows()}
+    todo = [n for n in range(len(rows)) if n not in done]
+    seqs = {n: ppl_sequence(tok, rows[n], f"{where} row {n}") for n in todo}
+    t0 = last = time.time()
+    try:
+        for batch in length_batches([len(seqs[n][0]) + len(seqs[n][1]) for n in todo], batch_tokens):
+            ns = [todo[i] for i in batch]
+            results = target_nll(llm, [seqs[n][0] for n in ns], [seqs[n][1] for n in ns], tok.pad_id)
+            for n, (nll, k) in zip(ns, results):
+                rec = {"n": n, "id": rows[n].get("id"), "prompt": rows[n]["prompt"], "nll": nll, "tokens": k,
+                       "ppl": math.exp(nll / k)}
+                writer.append(rec)
+                done[n] = rec
+            if time.time() - last >= log_every:
+                last = time.time()
+                print(f"ppl: {len(done)}/{len(rows)} rows, {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+    finally:
+        writer.close()
+    recs = [done[n] for n in range(len(rows))]
+    nll, tokens = sum(r["nll"] for r in recs), sum(r["tokens"] for r in recs)
+    return {"ppl": math.exp(nll / tokens), "nll_per_token": nll / tokens, "tokens": tokens, "rows": len(recs),
+            "ppl_row_mean": sum(r["ppl"] for r in recs) / len(recs)}
+
+
+# -----------------------------------------------------------------------------------------------------
+# 9. Running a model
+#
+# Three systems answer a Prompt:
+#   desta   : the fusion model; each audio is its prompt_size vectors + the VAD-gated Whisper transcript
+#   cascade : the backbone LLM; each audio is replaced by its VAD-gated Whisper transcript, as text
+#   text    : the backbone LLM; each audio is replaced by the Prompt's text stand-in (seed description)
+# The text systems frame the text as DeSTA frames audio, `<start_audio>...<end_audio>`, which is how the
+# backbone saw seed descriptions when it wrote the training targets. Decoding is greedy (paper).
+# Prompts go to the engine `chunk` at a time (one engine call each, continuous batching inside); every
+# answer is appended to the predictions file as it finishes, and a rerun skips the ids already there.
+
+RUN_CHUNK = 256        # prompts per engine call: bounds their audio features and prompt embeddings
+ENCODE_BATCH = 16      # clips per Whisper forward (encoder for DeSTA, decoder for ASR)
+
+
+@dataclass
+class Backbones:
+    llm: desta.Llama
+    tokenizer: desta.Tokenizer
+    model: desta.DeSTA = None       # the fusion model (None: text systems only)
+    asr: desta.Whisper = None       # VAD + ASR give the transcripts (desta, cascade)
+    vad: desta.SileroVAD = None
+    transcripts: dict = None        # audio path -> transcript, shared by every system in a run
+
+    @property
+    def device(self):
+        return self.llm.embed_tokens.weight.device
+
+
+def load_backbones(checkpoint=None, llm=None, asr=None, need_asr=True, dtype=torch.float32, device="cpu"):
+    """DeSTA from an adapter folder (its backbones from its config, or `llm` / `asr` folders), or a bare
+    LLM; plus Whisper ASR and Silero VAD when transcripts are needed. With DeSTA, an ASR model on the same
+    Whisper folder shares the encoder."""
+    model = None
+    if checkpoint is not None:
+        model = desta.DeSTA.from_pretrained(desta.resolve_weights(checkpoint), llm_dir=llm, dtype=dtype,
+                                            device=device).eval()
+        lm, tok = model.llm, model.tokenizer
+    elif llm is not None:
+        llm_dir = desta.resolve_weights(llm)
+        lm, tok = desta.Llama.from_pretrained(llm_dir, dtype, device), desta.Tokenizer.from_pretrained(llm_dir)
+    else:
+        raise ValueError("give a DeSTA checkpoint or an LLM folder")
+    bb = Backbones(lm, tok, model, transcripts={})
+    if need_asr:
+        asr = asr or (model.cfg.encoder_model_id if model is not None else None)
+        if asr is None:
+            raise ValueError("transcripts need a Whisper ASR folder (--asr)")
+        asr_dir = desta.resolve_weights(asr)
+        bb.asr = desta.Whisper.from_pretrained(asr_dir, dtype, device)
+        if model is not None and asr_dir == desta.resolve_weights(model.cfg.encoder_model_id):
+            model.whisper = bb.asr.encoder  # one copy of the encoder serves both
+        bb.vad = desta.SileroVAD.from_pretrained()
+    return bb
+
+
+def user_content(prompt, fillers):
+    """The user turn: each audio's filler (the audio locator, or a framed text) + audio_sep, then the text."""
+    text = "".join(f + prompt.audio_sep for f in fillers) + prompt.user
+    return text if prompt.user else text.rstrip()
+
+
+def text_messages(prompt, texts):
+    """The chat a text-only LLM reads: each audio replaced by a text, framed as DeSTA frames audio. For
+    one audio and audio_sep '\\n' this is generate.backbone_messages."""
+    framed = [f"{desta.START_AUDIO}{t}{desta.END_AUDIO}" for t in texts]
+    return [{"role": "system", "content": prompt.system}, {"role": "user", "content": user_content(prompt, framed)}]
+
+
+def desta_messages(prompt, locator):
+    return [{"role": "system", "content": prompt.system},
+            {"role": "user", "content": user_content(prompt, [locator] * len(prompt.audios))}]
+
+
+def load_clips(paths, n_mels_list, device):
+    """Audio files -> (waves, {n_mels: log-mel (A, n_mels, 3000) on device})."""
+    waves = [data.load_audio(p) for p in paths]
+    padded = torch.stack([torch.as_tensor(data.pad_or_trim(w)) for w in waves])
+    return waves, {n: data.log_mel_spectrogram(padded, n).to(device) for n in set(n_mels_list)}
+
+
+def ensure_transcripts(bb, paths, waves, mels):
+    """Fill bb.transcripts for these clips (VAD-gated Whisper, ENCODE_BATCH clips at a time)."""
+    todo = [i for i, p in enumerate(paths) if p not in bb.transcripts]
+    mel = mels[bb.asr.encoder.cfg.n_mels]
+    for j in range(0, len(todo), ENCODE_BATCH):
+        idx = todo[j:j + ENCODE_BATCH]
+        texts = generate.transcribe_if_speech([waves[i] for i in idx], mel[idx], bb.vad, bb.asr)
+        for i, t in zip(idx, texts):
+            bb.transcripts[paths[i]] = t
+
+
+@torch.no_grad()
+def desta_prompt_embeddings(model, prompts, transcripts, mel, index):
+    """DeSTA prompts -> one (T_i, dim) embedding tensor each (audio vectors spliced in, no padding).
+    mel (A, n_mels, 3000) holds each distinct clip once; index maps an audio path to its row."""
+    device = model.llm.embed_tokens.weight.device
+    vectors = torch.cat([model.encode_audio(mel[j:j + ENCODE_BATCH]) for j in range(0, len(mel), ENCODE_BATCH)])
+    spans = torch.tensor([index[a] for p in prompts for a in p.audios], device=device)  # build_batch's span order
+    return generate.desta_inputs(model, [desta_messages(p, model.cfg.audio_locator) for p in prompts],
+                                 [[transcripts[a] for a in p.audios] for p in prompts], vectors[spans])
+
+
+def check_text_stand_ins(prompts):
+    missing = [p.id for p in prompts if not p.texts or len(p.texts) != len(p.audios)]
+    if missing:
+        raise ValueError(f"--system text needs a text stand-in for every audio; prompt {missing[0]} has none")
+
+
+def answer_prompts(bb, system, prompts, max_new_tokens, batch_size, on_finish):
+    """One engine call for `prompts` (same system); on_finish(prompt, response, audio_texts) per answer."""
+    if system not in TINY_SYSTEMS:
+        raise ValueError(f"unknown system {system!r}; one of {list(TINY_SYSTEMS)}")
+    if system == "text":
+        check_text_stand_ins(prompts)
+        audio_texts = [p.texts for p in prompts]
+    else:
+        paths = list(dict.fromkeys(a for p in prompts for a in p.audios))
+        n_mels = [bb.asr.encoder.cfg.n_mels] + ([bb.model.whisper.cfg.n_mels] if system == "desta" else [])
+        waves, mels = load_clips(paths, n_mels, bb.device)
+        ensure_transcripts(bb, paths, waves, mels)
+        audio_texts = [[bb.transcripts[a] for a in p.audios] for p in prompts]
+    tok = bb.tokenizer
+    if system == "desta":
+        index = {a: i for i, a in enumerate(paths)}
+        inputs = desta_prompt_embeddings(bb.model, prompts, bb.transcripts, mels[bb.model.whisper.cfg.n_mels], index)
+    else:
+        inputs = [tok.apply_chat_template(text_messages(p, t)) for p, t in zip(prompts, audio_texts)]
+    generate.generate(bb.llm, inputs, max_new_tokens, stop_ids=tok.stop_ids, batch_size=batch_size,
+                      on_finish=lambda i, ids: on_finish(prompts[i], tok.decode(ids, skip_special=True).strip(),
+                                                         audio_texts[i]))
+
+
+def run_prompts(bb, system, prompts, path, max_new_tokens=512, batch_size=16, chunk=RUN_CHUNK, log_every=10.0):
+    """Answer every prompt not yet in the predictions file `path`, appending {id, prompt, response,
+    audio_texts, system} as each finishes. -> ({id: response} for all prompts, {id: file row}, stats)."""
+    ids = [p.id for p in prompts]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"duplicate prompt ids, e.g. {Counter(ids).most_common(1)[0][0]!r}: a rerun could not resume")
+    writer = data.JsonlAppender(path)
+    done = {r["id"]: r for r in writer.rows()}
+    todo = [p for p in prompts if p.id not in done]
+    stats = {"system": system, "prompts": len(prompts), "resumed": len(prompts) - len(todo), "generated": 0}
+    t0 = last = time.time()
+
+    def on_finish(p, response, audio_texts):
+        nonlocal last
+        rec = {"id": p.id, "prompt": p.user, "response": response, "audio_texts": audio_texts, "system": system}
+        writer.append(rec)
+        done[p.id] = rec
+        stats["generated"] += 1
+        if time.time() - last >= log_every:
+            last = time.time()
+            print(f"{system}: {stats['generated']}/{len(todo)} answered ({stats['resumed']} resumed), "
+                  f"{stats['generated'] / (last - t0):.2f}/s", file=sys.stderr, flush=True)
+
+    try:
+        # prompts with their own cap (e.g. multiple choice) go in their own engine calls
+        groups = defaultdict(list)
+        for p in todo:
+            groups[min(p.max_new_tokens or max_new_tokens, max_new_tokens)].append(p)
+        for cap, group in groups.items():
+            for j in range(0, len(group), chunk):
+                answer_prompts(bb, system, group[j:j + chunk], cap, batch_size, on_finish)
+    finally:
+        writer.close()
+    stats["seconds"] = time.time() - t0
+    return {i: done[i]["response"] for i in ids}, done, stats
+
+
+def saved_rows(path):
+    """The whole rows of a file JsonlAppender writes (a last line cut by a kill is left out, as the
+    appender cuts it on reopening); [] when there is no file yet."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8")
+    return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines() if line.strip()]
+
+
+def unanswered(path, prompts):
+    """Prompts the predictions file does not answer yet."""
+    done = {r["id"] for r in saved_rows(path)}
+    return [p for p in prompts if p.id not in done]
+
+
+def finalize_predictions(path, records, done):
+    """Rewrite the predictions file in row order with the scored records (extracted, correct), keeping each
+    answer's audio_texts and system, and any earlier answers outside this run (e.g. a larger --limit)."""
+    extra = {"audio_texts", "system"}
+    out = [{**r, **{k: done[r["id"]][k] for k in extra if k in done.get(r["id"], {})}} for r in records]
+    seen = {r["id"] for r in records}
+    write_predictions(path, out + [r for i, r in done.items() if i not in seen])
+
+
+# -----------------------------------------------------------------------------------------------------
+# 10. Outputs
 
 # Table I columns (benchmark order as the paper lists them).
 TABLE_I_COLUMNS = ("Dynamic-SUPERB", "MMAU", "SAKURA-Single", "SAKURA-Multi", "Speech-IFEval IFrate",
@@ -1527,13 +2005,7 @@ TABLE_I_COLUMNS = ("Dynamic-SUPERB", "MMAU", "SAKURA-Single", "SAKURA-Multi", "S
 
 def write_predictions(path, records):
     """One json line per item: id, prompt, response, extracted, correct (+ the benchmark's fields)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    data.write_jsonl(path, records)
 
 
 def write_scores(path, scores):
@@ -1562,21 +2034,23 @@ def table_i_cells(benchmark, scores):
 def _cell(value, column, digits):
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    if isinstance(value, (int, float)):
+    if isinstance(value, int) and not isinstance(value, bool):  # counts
+        return str(value)
+    if isinstance(value, float):
         return f"{value:+.{digits}f}" if "Δ" in column else f"{value:.{digits}f}"  # a delta shows its sign
     return str(value)
 
 
-def markdown_table(rows, columns=TABLE_I_COLUMNS, digits=2):
+def markdown_table(rows, columns=TABLE_I_COLUMNS, digits=2, label="Model"):
     """rows: {model: {column: value}} -> a markdown table, models as rows; missing values show '-'."""
-    lines = ["| Model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    lines = [f"| {label} | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for model, values in rows.items():
         lines.append(f"| {model} | " + " | ".join(_cell(values.get(c), c, digits) for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
 # -----------------------------------------------------------------------------------------------------
-# 8. Command line
+# 11. Command line
 
 @dataclass
 class Benchmark:
@@ -1615,39 +2089,170 @@ def score_benchmark(benchmark, rows, responses, judge=None, reference_ifrate=SPE
     return scored
 
 
+def write_table(path, text):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def load_system(args):
+    """The backbones --system needs: DeSTA (--checkpoint), or the bare LLM (--llm, else the checkpoint's)
+    with Whisper ASR for the cascade (--asr, else the checkpoint's encoder)."""
+    dtype = generate.DTYPES[args.dtype]
+    if args.system == "desta":
+        return load_backbones(args.checkpoint, args.llm, args.asr, dtype=dtype, device=args.device)
+    cfg = args.checkpoint and desta.DeSTAConfig.from_json(desta.resolve_weights(args.checkpoint) / "config.json")
+    llm = args.llm or (cfg.llm_model_id if cfg else None)
+    asr = args.asr or (cfg.encoder_model_id if cfg else None)
+    if llm is None:
+        raise ValueError(f"--system {args.system} needs --llm (or a --checkpoint whose config names the LLM)")
+    if args.system == "cascade" and asr is None:
+        raise ValueError("--system cascade needs --asr (or a --checkpoint whose config names the encoder)")
+    return load_backbones(None, llm, asr, need_asr=args.system == "cascade", dtype=dtype, device=args.device)
+
+
+def main_tiny(args):
+    """Every system on the tiny questions, one predictions file each; the report compares them."""
+    systems = args.systems.split(",") if args.systems else (
+        ["desta", "text", "cascade"] if args.checkpoint else ["text", "cascade"])
+    unknown = [s for s in systems if s not in TINY_SYSTEMS]
+    if unknown:
+        raise ValueError(f"unknown system(s) {unknown}; one of {list(TINY_SYSTEMS)}")
+    if "desta" in systems and not args.checkpoint:
+        raise ValueError("the desta system needs --checkpoint")
+    rows = load_tiny(args.data, args.split, args.audio_root, args.limit, args.seed)
+    prompts = [tiny_prompt(r) for r in rows]
+    out = Path(args.out)
+    pending = [s for s in systems if unanswered(out / f"tiny.{s}.predictions.jsonl", prompts)]
+    bb = None  # nothing to answer (a finished run re-scored): no model is loaded
+    if pending:
+        bb = load_backbones(args.checkpoint, args.llm, args.asr, need_asr=pending != ["text"],
+                            dtype=generate.DTYPES[args.dtype], device=args.device)
+    scores, stats = {}, {}
+    for system in systems:
+        path = out / f"tiny.{system}.predictions.jsonl"
+        responses, done, stats[system] = run_prompts(bb, system, prompts, path, args.max_new_tokens,
+                                                     args.batch_size, args.chunk)
+        scored = score_tiny(rows, responses)
+        finalize_predictions(path, scored.records, done)
+        scores[system] = scored.scores
+    table = tiny_table(scores)
+    report = {"systems": scores, "columns": {s: TINY_SYSTEMS[s] for s in systems}, "run": stats,
+              "data": str(args.data), "split": args.split, "checkpoint": args.checkpoint}
+    write_scores(out / "tiny.scores.json", report)
+    write_table(out / "tiny.md", table)
+    print(table)
+    print(f"wrote {out}/tiny.{{{','.join(systems)}}}.predictions.jsonl, tiny.scores.json, tiny.md", file=sys.stderr)
+    return report
+
+
+def main_ppl(args):
+    """Table III: the backbone's perplexity of a training manifest's targets."""
+    llm = args.llm or (desta.DeSTAConfig.from_json(desta.resolve_weights(args.checkpoint) / "config.json").llm_model_id
+                       if args.checkpoint else None)
+    if llm is None:
+        raise ValueError("--benchmark ppl needs the backbone: --llm DIR (or a --checkpoint whose config names it)")
+    rows = data.read_jsonl(args.data)[:args.limit]
+    if not rows:
+        raise ValueError(f"{args.data}: no rows")
+    out, name = Path(args.out), f"ppl-{Path(args.data).stem}"
+    path = out / f"{name}.predictions.jsonl"
+    done = {r["n"] for r in saved_rows(path)}
+    llm_model = tok = None  # every row already scored: no model is loaded
+    if any(n not in done for n in range(len(rows))):
+        bb = load_backbones(llm=llm, need_asr=False, dtype=generate.DTYPES[args.dtype], device=args.device)
+        llm_model, tok = bb.llm, bb.tokenizer
+    scores = perplexity_of_targets(llm_model, tok, rows, path, args.batch_tokens, where=str(args.data))
+    scores.update(data=str(args.data), llm=str(llm))
+    write_scores(out / f"{name}.scores.json", scores)
+    table = markdown_table({args.model_name or Path(str(llm)).name: {"PPL of targets": scores["ppl"]}},
+                           columns=("PPL of targets",))
+    write_table(out / f"{name}.md", table)
+    print(json.dumps(scores, indent=2))
+    print(table)
+    return scores
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Score benchmark predictions (DeSTA2.5-Audio, SPEC 10).")
-    p.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
-    p.add_argument("--data", required=True, help="benchmark file or folder (see each loader)")
-    p.add_argument("--predictions", help="jsonl of {id, response} (or a json list with model_output / "
+    p = argparse.ArgumentParser(description="Run and score benchmarks (DeSTA2.5-Audio, SPEC 10).")
+    p.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS) + ["tiny", "ppl"])
+    p.add_argument("--data", required=True, help="benchmark file or folder (see each loader); tiny: the seed "
+                   "manifest; ppl: a training manifest (DeSTA-AQA5M layout)")
+    p.add_argument("--checkpoint", help="DeSTA adapter folder (official layout) or repo id under weights/: "
+                   "run the model")
+    p.add_argument("--system", default="desta", choices=list(TINY_SYSTEMS),
+                   help="desta (needs --checkpoint), cascade (Whisper ASR -> --llm), text (--llm given each "
+                   "audio's text stand-in, e.g. Speech-IFEval's textual_audio)")
+    p.add_argument("--llm", help="backbone LLM folder (cascade, text, ppl; default: the checkpoint's)")
+    p.add_argument("--asr", help="Whisper folder for VAD-gated ASR (default: the checkpoint's encoder)")
+    p.add_argument("--predictions", help="score only: jsonl of {id, response} (or a json list with model_output / "
                    "model_prediction); default: responses already in the data rows")
     p.add_argument("--subset", help="VoiceBench subset: " + ", ".join(VOICEBENCH_RULE_SUBSETS))
-    p.add_argument("--out", default="out/eval", help="folder for predictions + scores")
-    p.add_argument("--model-name", default="model", help="row label in the markdown table")
+    p.add_argument("--limit", type=int, help="only the first N rows (tiny: clips)")
+    p.add_argument("--out", default="out/eval", help="folder for predictions, scores and the table")
+    p.add_argument("--model-name", help="row label in the markdown table")
     p.add_argument("--judge", action="store_true", help=f"use the LLM judge configured by {JUDGE_ENV_BASE_URL}")
     p.add_argument("--reference-ifrate", type=float, default=SPEECH_IFEVAL_REFERENCE_IFRATE)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=16, help="generation slots")
+    p.add_argument("--chunk", type=int, default=RUN_CHUNK, help="prompts per engine call")
+    p.add_argument("--batch-tokens", type=int, default=PPL_BATCH_TOKENS, help="ppl: padded tokens per forward")
+    p.add_argument("--dtype", choices=sorted(generate.DTYPES), default="bf16" if torch.cuda.is_available() else "fp32")
+    p.add_argument("--device", default=generate.device_for(0))
+    p.add_argument("--split", default=TINY_SPLIT, help="tiny: the manifest split to ask about")
+    p.add_argument("--audio-root", help="tiny: folder the manifest ids are relative to (default: its folder)")
+    p.add_argument("--seed", type=int, default=TINY_SEED, help="tiny: option order")
+    p.add_argument("--systems", help="tiny: comma-separated systems (default: desta,text,cascade)")
     args = p.parse_args(argv)
 
-    rows = load_rows(args.benchmark, args.data, args.subset)
-    responses = read_responses(args.predictions) if args.predictions else responses_in_rows(rows)
-    if not responses:
-        p.error("no responses: give --predictions, or data rows that carry a response")
-    unknown = set(responses) - {r["id"] for r in rows}
-    if unknown:
-        print(f"warning: {len(unknown)} prediction ids not in the data, e.g. {sorted(unknown)[:3]}", file=sys.stderr)
+    if args.benchmark == "tiny":
+        return main_tiny(args)
+    if args.benchmark == "ppl":
+        return main_ppl(args)
     judge = JudgeConfig.from_env() if args.judge else None
     if args.judge and judge is None:
         p.error(f"--judge needs {JUDGE_ENV_BASE_URL} (and {JUDGE_ENV_API_KEY}, {JUDGE_ENV_MODEL})")
-    scored = score_benchmark(args.benchmark, rows, responses, judge, args.reference_ifrate)
-
+    rows = load_rows(args.benchmark, args.data, args.subset)[:args.limit]
     name = args.benchmark + (f"-{args.subset}" if args.subset else "")
     out = Path(args.out)
-    write_predictions(out / f"{name}.predictions.jsonl", scored.records)
+    run = args.checkpoint is not None or args.system != "desta"
+    if run:  # run a model, resumably, then score
+        if args.predictions:
+            p.error("--predictions scores given answers: leave out --checkpoint / --system")
+        if args.system == "desta" and not args.checkpoint:
+            p.error("--system desta needs --checkpoint")
+        prompts = BENCHMARKS[args.benchmark].prompts(rows)
+        if args.system == "text":
+            check_text_stand_ins(prompts)  # before loading anything
+        name = f"{name}.{args.system}"
+        bb = load_system(args) if unanswered(out / f"{name}.predictions.jsonl", prompts) else None
+        responses, done, stats = run_prompts(bb, args.system, prompts,
+                                             out / f"{name}.predictions.jsonl", args.max_new_tokens,
+                                             args.batch_size, args.chunk)
+        print(f"{name}: {stats}", file=sys.stderr)
+    else:
+        responses = read_responses(args.predictions) if args.predictions else responses_in_rows(rows)
+        if not responses:
+            p.error("no responses: give --checkpoint (run a model), --predictions, or data rows that carry a response")
+        unknown = set(responses) - {r["id"] for r in rows}
+        if unknown:
+            print(f"warning: {len(unknown)} prediction ids not in the data, e.g. {sorted(unknown)[:3]}",
+                  file=sys.stderr)
+    scored = score_benchmark(args.benchmark, rows, responses, judge, args.reference_ifrate)
+
+    if run:
+        finalize_predictions(out / f"{name}.predictions.jsonl", scored.records, done)
+    else:
+        write_predictions(out / f"{name}.predictions.jsonl", scored.records)
     write_scores(out / f"{name}.scores.json", scored.scores)
     print(json.dumps(scored.scores, indent=2, ensure_ascii=False))
     if args.benchmark != "voicebench":
         cells = table_i_cells(args.benchmark, scored.scores)
-        print(markdown_table({args.model_name: cells}, columns=tuple(cells)))
+        label = args.model_name or (args.system if run else "model")
+        table = markdown_table({label: cells}, columns=tuple(cells))
+        write_table(out / f"{name}.md", table)
+        print(table)
     print(f"wrote {out / (name + '.predictions.jsonl')} and {out / (name + '.scores.json')}", file=sys.stderr)
     return scored
 

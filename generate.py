@@ -358,15 +358,30 @@ def transcribe_if_speech(waves: list, mel: torch.Tensor, vad: desta.SileroVAD, a
 
 
 @torch.no_grad()
+def desta_inputs(model: desta.DeSTA, conversations: list[list[dict]], transcriptions: list[list[str]],
+                 audio: torch.Tensor) -> list[torch.Tensor]:
+    """Conversations with audio locators -> one (T_i, dim) embedding prompt each, without padding.
+
+    transcriptions[i] has one text per locator of conversation i; audio (A, prompt_size, dim) holds the
+    adapter's vectors for every locator, in conversation order (DeSTA.build_batch's span order).
+    """
+    device = model.llm.embed_tokens.weight.device
+    b = model.build_batch(conversations, transcriptions)
+    b = desta.DeSTABatch(b.input_ids.to(device), b.attn_mask.to(device), None, b.audio_rows.to(device),
+                         b.audio_starts.to(device))
+    embeds = model.embed(b, audio)
+    return [embeds[i][b.attn_mask[i]] for i in range(len(conversations))]
+
+
+@torch.no_grad()
 def answer(model: desta.DeSTA, mel: torch.Tensor, prompts: list[str], transcriptions: list[str],
            sampling: Sampling = Sampling(max_new_tokens=512), system: str = desta.DEFAULT_SYSTEM,
            batch_size: int = 16) -> list[str]:
     """DeSTA answers: one prompt per clip; mel (B, n_mels, 3000). Audio vectors go in as embeddings."""
     locator = f"{desta.START_AUDIO}{model.cfg.audio_locator}{desta.END_AUDIO}"
     convs = [[{"role": "system", "content": system}, {"role": "user", "content": f"{locator}\n{p}"}] for p in prompts]
-    batch = model.build_batch(convs, [[t] for t in transcriptions])
-    embeds = model.embed(batch, model.encode_audio(mel.to(model.llm.embed_tokens.weight.device)))
-    rows = [embeds[i][batch.attn_mask[i]] for i in range(len(prompts))]  # drop the left padding
+    audio = model.encode_audio(mel.to(model.llm.embed_tokens.weight.device))
+    rows = desta_inputs(model, convs, [[t] for t in transcriptions], audio)
     tok = model.tokenizer
     out = generate(model.llm, rows, sampling.max_new_tokens, sampling.temperature, sampling.top_p, tok.stop_ids,
                    sampling.seed, batch_size)

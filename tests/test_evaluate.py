@@ -527,3 +527,309 @@ def test_cli_rescores_a_predictions_file(tmp_path):
                      str(tmp_path / "preds.jsonl"), "--out", str(tmp_path / "out")])
     assert scored.scores["closed_ended"] == 50.0
     assert E.read_json(tmp_path / "out" / "speech_ifeval.scores.json")["creative_writing"] == 100.0
+
+
+# ------------------------------------------------------------------------- running models: tiny, ppl
+
+TINY_WHISPER_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json")
+
+
+@pytest.fixture(scope="module")
+def tiny_desta(tmp_path_factory, tiny_weights):
+    """A random tiny DeSTA saved with save_pretrained: random Whisper (with whisper-tiny.en's tokenizer, so
+    it can also run as the ASR) and random Llama with the real Llama 3 tokenizer.model."""
+    transformers = pytest.importorskip("transformers")
+    models = pytest.importorskip("llama_models", reason="llama-models wheel ships the Llama 3 tokenizer.model")
+    import shutil
+    import torch
+    import desta
+
+    root = tmp_path_factory.mktemp("tiny_desta")
+    torch.manual_seed(0)
+    wcfg = transformers.WhisperConfig(d_model=32, encoder_layers=4, encoder_attention_heads=2, decoder_layers=1,
+                                      decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                                      num_mel_bins=80, vocab_size=51864, max_target_positions=448,
+                                      pad_token_id=50256, bos_token_id=50257, eos_token_id=50256,
+                                      decoder_start_token_id=50257)
+    transformers.WhisperForConditionalGeneration(wcfg).save_pretrained(root / "whisper")
+    for name in TINY_WHISPER_FILES:
+        shutil.copy(tiny_weights / "openai" / "whisper-tiny.en" / name, root / "whisper" / name)
+    lcfg = transformers.LlamaConfig(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                    num_key_value_heads=2, vocab_size=128256, rope_theta=500000.0)
+    transformers.LlamaForCausalLM(lcfg).save_pretrained(root / "llm")
+    shutil.copy(Path(models.__file__).parent / "llama3" / "tokenizer.model", root / "llm" / "tokenizer.model")
+    cfg = desta.DeSTAConfig(llm_model_id=str(root / "llm"), encoder_model_id=str(root / "whisper"),
+                            qformer_num_hidden_layers=1, prompt_size=4, qformer_ffn_dim=32)
+    torch.manual_seed(0)
+    desta.DeSTA.from_config(cfg).save_pretrained(root / "ckpt")
+    return root
+
+
+def _tone(seconds, freqs, noise=0.0, seed=0):
+    import numpy as np
+    t = np.arange(int(seconds * 16000)) / 16000
+    x = sum(np.sin(2 * np.pi * f * t) for f in freqs) + noise * np.random.default_rng(seed).standard_normal(len(t))
+    return (0.1 * x / np.abs(x).max()).astype("float32")
+
+
+def tiny_manifest(root):
+    """Four test clips and one train clip in the corpus's seed-manifest row format (wip_corpus.py)."""
+    import soundfile as sf
+    jfk = FIXTURES / "jfk.flac"
+    speech = sf.read(str(jfk), dtype="float32")[0][:3 * 16000] if jfk.exists() else _tone(3.0, [180, 360, 540], 0.1)
+    clips = {
+        "audio/speech/000000.wav": (speech, {
+            "dataset": "tiny-speech", "split": "test", "transcription": "And so my fellow Americans",
+            "seed_description": "[00:00-00:03] And so my fellow Americans (Gender: Male, Accent: American, "
+                                "Speaking rate: Slow, Pitch: Low, Volume: Normal, Background: Pink noise, SNR: 20 dB, "
+                                "Duration: 3s)",
+            "num_speakers": 1, "volume": "Normal", "requested_volume": "Normal", "background": "Pink noise",
+            "snr_db": 20, "measured_snr_db": 19.9, "gender": "Male", "accent": "American", "rate": "Slow",
+            "pitch": "Low", "f0_hz": 110.0}),
+        "audio/speech/000001.wav": (_tone(2.0, [200, 400], 0.05, 1), {
+            "dataset": "tiny-speech", "split": "test", "transcription": "Hi. Bye.",
+            "seed_description": "[00:00-00:01] Hi. (Gender: Male)\n[00:01-00:02] Bye. (Gender: Female)\n"
+                                "[00:00-00:02] (Speakers: 2, Volume: Quiet, Duration: 2s)",
+            "num_speakers": 2, "segments": [], "volume": "Quiet", "requested_volume": "Quiet", "background": None,
+            "snr_db": None, "measured_snr_db": None}),
+        "audio/sound/000000.wav": (_tone(1.5, [1000]), {
+            "dataset": "tiny-sound", "split": "test", "transcription": " ",
+            "seed_description": "[00:00-00:02] (Sound: Pure tone (1000 Hz), Volume: Loud, Duration: 2s)",
+            "sound": ["Pure tone (1000 Hz)"], "segments": [], "volume": "Loud", "requested_volume": "Loud"}),
+        "audio/music/000000.wav": (_tone(2.0, [261.6, 329.6, 392.0]), {
+            "dataset": "tiny-music", "split": "test", "transcription": " ",
+            "seed_description": "[00:00-00:02] (Music: Organ chords with drums, Key: C# minor, Tempo: 120 bpm, "
+                                "Volume: Quiet, Duration: 2s)",
+            "music": "Organ chords with drums", "instrument": "Organ", "texture": "chords", "drums": True,
+            "key": "C# minor", "tempo_bpm": 120, "volume": "Quiet", "requested_volume": "Quiet"}),
+        "audio/sound/000001.wav": (_tone(1.0, [440]), {
+            "dataset": "tiny-sound", "split": "train", "transcription": " ",
+            "seed_description": "[00:00-00:01] (Sound: Pure tone (440 Hz), Volume: Loud, Duration: 1s)",
+            "sound": ["Pure tone (440 Hz)"], "segments": [], "volume": "Loud", "requested_volume": "Loud"}),
+    }
+    rows = []
+    for cid, (audio, row) in clips.items():
+        (root / cid).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(root / cid), audio, 16000, subtype="PCM_16")
+        rows.append({"id": cid, **row, "duration": round(len(audio) / 16000, 3), "sample_rate": 16000})
+    write_jsonl(root / "seed_manifest.jsonl", rows)
+    return root / "seed_manifest.jsonl", jfk.exists()
+
+
+def tiny_cli(manifest, ckpt, out):
+    return E.main(["--benchmark", "tiny", "--data", str(manifest), "--checkpoint", str(ckpt), "--out", str(out),
+                   "--max-new-tokens", "6", "--batch-size", "4", "--chunk", "8", "--dtype", "fp32", "--device", "cpu"])
+
+
+def test_tiny_questions_from_the_manifest(tmp_path):
+    manifest, _ = tiny_manifest(tmp_path)
+    rows = E.load_tiny(manifest)
+    mcq = [r for r in rows if r["kind"] == "mcq"]
+    assert {r["attribute"] for r in mcq} == set(E.TINY_ATTRIBUTES)  # the fixture has every attribute
+    assert len(mcq) == 8 + 2 + 2 + 6 and sum(r["kind"] == "if" for r in rows) == 4
+    assert "audio/sound/000001.wav" not in {r["clip"] for r in rows}  # the train clip is left out
+    for r in mcq:
+        assert sorted(r["choices"]) == sorted(E.TINY_ATTRIBUTES[r["attribute"]].options) and r["answer"] in r["choices"]
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["audio/music/000000.wav#Mode"]["answer"] == "minor"
+    assert by_id["audio/music/000000.wav#Tempo"]["answer"] == "120 bpm"
+    assert by_id["audio/speech/000000.wav#SNR"]["answer"] == "20 dB"
+    assert by_id["audio/speech/000001.wav#Speakers"]["answer"] == "2"
+    assert "audio/speech/000001.wav#Gender" not in by_id  # two speakers: per-speaker attributes not asked
+    assert E.load_tiny(manifest) == rows  # the option order is seeded
+    assert E.load_tiny(manifest, seed=1) != rows
+    # the text reference reads exactly what the backbone read when it wrote the targets
+    import generate
+    p = E.tiny_prompt(by_id["audio/speech/000000.wav#Gender"])
+    assert p.user == 'What is the speaker\'s gender? Choose from the following options: ' + \
+        " or ".join(f'"{c}"' for c in by_id["audio/speech/000000.wav#Gender"]["choices"])
+    assert p.system == E.SYSTEM_MMAU and p.max_new_tokens == E.TINY_MCQ_MAX_NEW_TOKENS
+    assert E.text_messages(p, p.texts) == generate.backbone_messages(p.texts[0], p.user, p.system)
+    # a perfect answer scores 100, chance is 1 / options
+    s = E.score_tiny(rows, {r["id"]: f'The correct answer is: "{r["answer"]}"' for r in mcq}).scores
+    assert all(a["acc"] == 100.0 for a in s["attributes"].values())
+    assert s["attributes"]["Accent"]["chance"] == pytest.approx(100 / 7)
+    assert s["instruction_following"]["rate"] == 0.0 and s["no_prediction"] == 4
+
+
+def test_tiny_manifest_value_outside_the_table_is_named(tmp_path):
+    manifest, _ = tiny_manifest(tmp_path)
+    rows = E.read_jsonl(manifest)
+    rows[0]["accent"] = "Martian"
+    write_jsonl(manifest, rows)
+    with pytest.raises(ValueError, match=r"seed_manifest.jsonl: clip audio/speech/000000.wav: Accent 'Martian'"):
+        E.load_tiny(manifest)
+
+
+def test_tiny_end_to_end_references_and_resume(tmp_path, tiny_desta):
+    import data
+    import desta
+    import generate
+
+    manifest, has_speech = tiny_manifest(tmp_path / "data")
+    out = tmp_path / "out"
+    report = tiny_cli(manifest, tiny_desta / "ckpt", out)
+    systems = ("desta", "text", "cascade")
+    assert list(report["systems"]) == list(systems)
+    saved = E.read_json(out / "tiny.scores.json")
+    assert saved["systems"] == report["systems"]
+    for s in systems:
+        sc = saved["systems"][s]
+        assert list(sc["attributes"]) == list(E.TINY_ATTRIBUTES)
+        for name, a in sc["attributes"].items():
+            assert 0.0 <= a["acc"] <= 100.0 and a["chance"] == pytest.approx(100 / len(E.TINY_ATTRIBUTES[name].options))
+        assert sc["attributes"]["Volume"]["n"] == 4 and sc["attributes"]["Speakers"]["n"] == 2
+        assert sc["instruction_following"]["n"] == 4 and sc["instruction_following"]["rate"] is not None
+        assert report["run"][s] | {"seconds": 0} == {"system": s, "prompts": 22, "resumed": 0, "generated": 22,
+                                                     "seconds": 0}
+    table = (out / "tiny.md").read_text().splitlines()
+    assert table[0] == "| Attribute | n | chance | DeSTA | Text-only (description) | Cascade (ASR) |"
+    assert len(table) == 2 + len(E.TINY_ATTRIBUTES) + 2
+    assert table[2].startswith("| Gender | 1 | 50.00 | ")
+    assert table[-1].startswith("| Instruction following | 4 | - | ")
+    assert all("| - |" not in line for line in table[2:-1])  # every cell filled
+
+    preds = {s: E.read_jsonl(out / f"tiny.{s}.predictions.jsonl") for s in systems}
+    for s in systems:
+        assert len(preds[s]) == 22
+        assert all({"id", "prompt", "response", "extracted", "correct"} <= set(r) for r in preds[s])
+    by_id = {s: {r["id"]: r for r in preds[s]} for s in systems}
+    transcript = by_id["cascade"]["audio/speech/000000.wav#Volume"]["audio_texts"][0]
+    assert by_id["desta"]["audio/speech/000000.wav#Volume"]["audio_texts"] == [transcript]
+    assert by_id["cascade"]["audio/music/000000.wav#Volume"]["audio_texts"] == [" "]  # no speech: VAD gives " "
+    if has_speech:  # jfk.flac: the VAD hears speech, so Whisper ran
+        assert transcript.strip()
+
+    # the batched runs equal one prompt answered alone by the plain APIs
+    rows = {r["id"]: r for r in E.load_tiny(manifest)}
+    model = desta.DeSTA.from_pretrained(tiny_desta / "ckpt").eval()
+    tok = model.tokenizer
+    for rid in ("audio/speech/000000.wav#Gender", "audio/music/000000.wav#if"):
+        p = E.tiny_prompt(rows[rid])
+        ids = tok.apply_chat_template(generate.backbone_messages(p.texts[0], p.user, p.system))
+        alone = generate.generate(model.llm, [ids], 6, stop_ids=tok.stop_ids)[0]
+        assert by_id["text"][rid]["response"] == tok.decode(alone, skip_special=True).strip()
+        mel = data.log_mel_spectrogram(data.load_audio(p.audios[0]))[None]
+        text = generate.answer(model, mel, [p.user], by_id["desta"][rid]["audio_texts"],
+                               generate.Sampling(max_new_tokens=6), system=p.system)[0]
+        assert by_id["desta"][rid]["response"] == text
+
+    # resume: a second run generates nothing and leaves the files as they were; with every answer there it
+    # loads no model (the checkpoint may be gone: predictions are re-scored offline)
+    before = {s: (out / f"tiny.{s}.predictions.jsonl").read_text() for s in systems}
+    again = tiny_cli(manifest, tmp_path / "no-such-checkpoint", out)
+    assert all(again["run"][s]["generated"] == 0 and again["run"][s]["resumed"] == 22 for s in systems)
+    assert {s: (out / f"tiny.{s}.predictions.jsonl").read_text() for s in systems} == before
+    assert again["systems"] == report["systems"]
+    # a run killed mid-way: 3 answers lost and half a line written; the rerun answers exactly those 3
+    lines = before["desta"].splitlines(keepends=True)
+    (out / "tiny.desta.predictions.jsonl").write_text("".join(lines[:-3]) + lines[-3][:20])
+    third = tiny_cli(manifest, tiny_desta / "ckpt", out)
+    assert [third["run"][s]["generated"] for s in systems] == [3, 0, 0]
+    assert (out / "tiny.desta.predictions.jsonl").read_text() == before["desta"]
+
+
+def test_system_text_needs_text_stand_ins(tmp_path, tiny_desta):
+    rows = E.load_tiny(tiny_manifest(tmp_path)[0])
+    prompts = [E.mmau_prompt({"id": "x", "question": "Q?", "choices": ["a", "b"], "audio": rows[0]["audio"]})]
+    bb = E.load_backbones(llm=tiny_desta / "llm", need_asr=False)
+    with pytest.raises(ValueError, match="--system text needs a text stand-in for every audio; prompt x"):
+        E.run_prompts(bb, "text", prompts, tmp_path / "p.jsonl", 4)
+
+
+def test_perplexity_of_targets_equals_hand_computation(tmp_path, tiny_desta):
+    import math
+    import torch
+    import torch.nn.functional as F
+    import desta
+    import generate
+
+    seed_rows = [{"id": f"audio/speech/{i:06d}.wav", "dataset": "tiny-speech", "transcription": "Hello there.",
+                  "seed_description": f"[00:00-00:0{i + 1}] Hello there. (Gender: Female, Duration: {i + 1}s)"}
+                 for i in range(3)]
+    responses = ["A woman says hello.", "Someone greets you warmly, in a calm and friendly voice, twice over.", "Hi"]
+    system = "Describe precisely."  # a non-default system prompt, kept in the row's messages
+    train = [generate.training_row(r, f"Prompt {i}?", resp, system)
+             for i, (r, resp) in enumerate(zip(seed_rows, responses))]
+    write_jsonl(tmp_path / "train.jsonl", train)
+    llm = desta.Llama.from_pretrained(tiny_desta / "llm")
+    tok = desta.Tokenizer.from_pretrained(tiny_desta / "llm")
+    hand = []
+    with torch.no_grad():
+        for row in train:
+            ctx = tok.apply_chat_template(generate.backbone_messages(row["seed_description"], row["prompt"], system))
+            tgt = tok.encode(row["response"]) + [tok.eot_id]
+            logp = F.log_softmax(llm(torch.tensor([ctx + tgt]))[0].double(), -1)  # full logits
+            hand.append((-sum(logp[len(ctx) - 1 + k, y].item() for k, y in enumerate(tgt)), len(tgt)))
+    # one padded batch
+    seqs = [E.ppl_sequence(tok, r, "t") for r in train]
+    got = E.target_nll(llm, [c for c, _ in seqs], [t for _, t in seqs], tok.pad_id, chunk=5)
+    for (nll, n), (h, hn) in zip(got, hand):
+        assert n == hn and abs(nll - h) < 1e-4 * max(1.0, abs(h))
+    # the command line, several small batches
+    args = ["--benchmark", "ppl", "--data", str(tmp_path / "train.jsonl"), "--llm", str(tiny_desta / "llm"),
+            "--out", str(tmp_path / "out"), "--batch-tokens", "200", "--dtype", "fp32", "--device", "cpu"]
+    scores = E.main(args)
+    expected = math.exp(sum(h for h, _ in hand) / sum(n for _, n in hand))
+    assert abs(scores["ppl"] - expected) < 1e-4 * expected
+    assert scores["tokens"] == sum(n for _, n in hand) and scores["rows"] == 3
+    assert E.read_json(tmp_path / "out" / "ppl-train.scores.json")["ppl"] == scores["ppl"]
+    preds = E.read_jsonl(tmp_path / "out" / "ppl-train.predictions.jsonl")
+    assert sorted(r["n"] for r in preds) == [0, 1, 2]
+    assert "| llm | " in (tmp_path / "out" / "ppl-train.md").read_text()
+    # resume: nothing is computed twice (and no model is needed to re-score)
+    assert E.main([a if a != str(tiny_desta / "llm") else str(tmp_path / "gone") for a in args])["ppl"] == scores["ppl"]
+    assert len(E.read_jsonl(tmp_path / "out" / "ppl-train.predictions.jsonl")) == 3
+
+
+def test_benchmark_runs_desta_and_cascade_with_two_audio_prompts(tmp_path, tiny_desta):
+    """Any benchmark runs through the same path: DeSTA (each clip's vectors in its own span) and the
+    cascade (Whisper transcripts as text); Dynamic-SUPERB's speaker verification has two clips."""
+    import soundfile as sf
+    import torch
+    import desta
+
+    folder = tmp_path / "ds"
+    items = {"SpeechTextMatching_LJSpeech": [{"audio": "audio/0.wav", "label": "yes", "text": "hello there",
+                                              "instruction": "Are they congruent? The answer could be yes or no."}],
+             "SpeakerVerification_VCTK": [{"audio": "audio/a.wav", "audio2": "audio/b.wav", "label": "no",
+                                           "instruction": "Same speaker? The answer could be yes or no."}]}
+    for k, (inst, rows) in enumerate(items.items()):
+        (folder / inst / "audio").mkdir(parents=True)
+        for i, it in enumerate(rows):
+            for j, col in enumerate(("audio", "audio2")):
+                if col in it:
+                    sf.write(str(folder / inst / it[col]), _tone(1.0, [300 * (k + i + j + 1)]), 16000)
+        write_jsonl(folder / inst / "test.jsonl", rows)
+    out = tmp_path / "out"
+    common = ["--benchmark", "dynamic_superb", "--data", str(folder), "--checkpoint", str(tiny_desta / "ckpt"),
+              "--out", str(out), "--max-new-tokens", "4", "--dtype", "fp32", "--device", "cpu"]
+    for system in ("desta", "cascade"):
+        scored = E.main(common + ["--system", system])
+        assert scored.scores["instances"].keys() == set(items)
+        preds = {r["id"]: r for r in E.read_jsonl(out / f"dynamic_superb.{system}.predictions.jsonl")}
+        assert len(preds) == 2 and preds["SpeakerVerification_VCTK/00000"]["audio_texts"] == [" ", " "]
+        assert {"extracted", "correct"} <= set(preds["SpeakerVerification_VCTK/00000"])
+        table = (out / f"dynamic_superb.{system}.md").read_text()
+        assert table.startswith(f"| Model | Dynamic-SUPERB |\n|---|---|\n| {system} |")
+    with pytest.raises(ValueError, match="--system text needs a text stand-in"):
+        E.main(common + ["--system", "text"])
+
+    # the two clips' vectors land in their own spans, in order, and batching changes nothing
+    rows = E.load_dynamic_superb(folder)
+    prompts = [E.dynamic_superb_prompt(r) for r in rows][::-1]  # two-audio prompt first
+    model = desta.DeSTA.from_pretrained(tiny_desta / "ckpt").eval()
+    paths = [a for p in prompts for a in p.audios]
+    _, mels = E.load_clips(paths, [80], "cpu")
+    index, texts = {a: i for i, a in enumerate(paths)}, {a: " " for a in paths}
+    both = E.desta_prompt_embeddings(model, prompts, texts, mels[80], index)
+    alone = E.desta_prompt_embeddings(model, prompts[:1], texts, mels[80], index)[0]
+    assert both[0].shape == alone.shape and torch.allclose(both[0], alone, atol=1e-6)
+    msgs = E.desta_messages(prompts[0], "<|AUDIO|>")
+    assert msgs[1]["content"] == "<|AUDIO|>\n\n<|AUDIO|>\n\nSame speaker? The answer could be yes or no."
+    b = model.build_batch([msgs], [[" ", " "]])
+    with torch.no_grad():
+        vecs = model.encode_audio(mels[80][:2])
+    for k, start in enumerate(b.audio_starts.tolist()):
+        assert torch.allclose(alone[start:start + 4], vecs[k], atol=1e-6)
+    assert not torch.allclose(vecs[0], vecs[1])
