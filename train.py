@@ -79,7 +79,8 @@ class TrainConfig:
     eval_max_new_tokens: int = 192
     save_every: int = 1000
     keep_last: int = 3
-    max_skip_rate: float = 0.05
+    max_skip_rate: float = 0.05   # stop when more than this fraction of clips is unreadable ...
+    skip_check_after: int = 100   # ... once this many have been seen
     check_sync: bool = False      # all-gather an adapter checksum every step and stop if ranks differ
     wandb: str = ""               # a project name enables wandb logging, if installed
 
@@ -327,7 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
                 skipped += len(batch["errors"])
                 for e in batch["errors"]:
                     print(f"rank {rank}: skipped unreadable clip: {e}", file=sys.stderr, flush=True)
-                if seen >= 100 and skipped / seen > cfg.max_skip_rate:
+                if seen >= cfg.skip_check_after and skipped / seen > cfg.max_skip_rate:
                     raise SystemExit(f"stopping: {skipped} of {seen} clips unreadable (> max_skip_rate "
                                      f"{cfg.max_skip_rate}); fix the data or raise the threshold")
                 if not batch["rows"]:

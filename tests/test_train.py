@@ -111,3 +111,19 @@ def test_two_ranks_ddp_gloo(random_backbones, tmp_path):
     assert last < first
     final = log[-1]["final"]
     assert final["step"] == 10  # and train.main asserted the frozen weights were untouched on each rank
+
+
+def test_unreadable_clips_are_named_counted_and_bounded(random_backbones, tmp_path, capsys):
+    manifest = write_tiny_training_set(tmp_path / "data", n=8)
+    (tmp_path / "data" / "audio" / "3.wav").write_bytes(b"RIFF....not audio at all")
+    (tmp_path / "data" / "audio" / "5.wav").unlink()
+    out = tmp_path / "run"
+    train.main(args(random_backbones, manifest, out, max_steps=4, max_skip_rate=0.5))
+    err = capsys.readouterr().err
+    assert "3.wav" in err and "5.wav" in err
+    skipped = [r["skipped"] for r in read_log(out) if "skipped" in r]
+    assert skipped[-1] >= 2
+    # past the threshold the run stops with a clear message instead of training on what is left
+    with pytest.raises(SystemExit, match="unreadable"):
+        train.main(args(random_backbones, manifest, tmp_path / "run2", max_steps=20, max_skip_rate=0.1,
+                        skip_check_after=8))
