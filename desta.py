@@ -997,12 +997,13 @@ class DeSTA(nn.Module):
 
     def build_batch(self, messages_list: list[list[dict]], transcriptions: list[list[str]],
                     responses: list[str] | None = None, cap_transcription: bool = False,
-                    max_len: int | None = None) -> DeSTABatch:
+                    max_len: int | None = None, finished: list[bool] | None = None) -> DeSTABatch:
         """Token ids for each conversation, with room for prompt_size audio vectors per clip, left-padded.
 
         transcriptions[i] has one text per audio locator in conversation i (`" "` when no speech).
         With responses: the response and the end-of-turn token are appended and become the labels
-        (SPEC 5); max_len cuts the end of longer rows (the official collator's truncation).
+        (SPEC 5); max_len cuts the end of longer rows (the official collator's truncation). A response
+        marked not finished (cut at generation time) gets no end-of-turn token.
         """
         tok, P = self.tokenizer, self.cfg.prompt_size
         rows, labels, spans = [], [], []
@@ -1020,7 +1021,7 @@ class DeSTA(nn.Module):
                 ids += [self.placeholder_id] * P + t + tok.encode(piece, allow_special=True)
             lab = [IGNORE] * len(ids)
             if responses is not None:
-                target = tok.encode(responses[i]) + [tok.eot_id]
+                target = tok.encode(responses[i]) + ([tok.eot_id] if finished is None or finished[i] else [])
                 ids, lab = ids + target, lab + target
             if max_len is not None:
                 ids, lab = ids[:max_len], lab[:max_len]

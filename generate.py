@@ -265,14 +265,19 @@ def backbone_messages(seed_description: str, prompt: str, system: str = desta.DE
             {"role": "user", "content": f"{desta.START_AUDIO}{seed_description}{desta.END_AUDIO}\n{prompt}"}]
 
 
-def training_row(seed_row: dict, prompt: str, response: str, system: str = desta.DEFAULT_SYSTEM) -> dict:
-    """A training manifest row in the DeSTA-AQA5M layout (SPEC 9)."""
+def training_row(seed_row: dict, prompt: str, response: str, system: str = desta.DEFAULT_SYSTEM,
+                 finished: bool = True) -> dict:
+    """A training manifest row in the DeSTA-AQA5M layout (SPEC 9). An answer cut by max_new_tokens
+    is marked `"finished": false`: training then learns its words but not to stop there."""
     locator = f"{desta.START_AUDIO}<|AUDIO|>{desta.END_AUDIO}"
-    return {"id": seed_row["id"], "dataset": seed_row.get("dataset", ""),
-            "seed_description": seed_row["seed_description"], "prompt": prompt, "response": response,
-            "messages": [{"role": "system", "content": system},
-                         {"role": "user", "content": f"{locator}\n{prompt}",
-                          "audios": [{"audio": seed_row["id"], "text": seed_row.get("transcription") or " "}]}]}
+    row = {"id": seed_row["id"], "dataset": seed_row.get("dataset", ""),
+           "seed_description": seed_row["seed_description"], "prompt": prompt, "response": response,
+           "messages": [{"role": "system", "content": system},
+                        {"role": "user", "content": f"{locator}\n{prompt}",
+                         "audios": [{"audio": seed_row["id"], "text": seed_row.get("transcription") or " "}]}]}
+    if not finished:
+        row["finished"] = False
+    return row
 
 
 def row_seed(seed: int, clip_id: str, prompt: str) -> int:
@@ -303,7 +308,8 @@ def self_generate(llm: desta.Llama, tok: desta.Tokenizer, seed_rows: list[dict],
     def on_finish(i, tokens):
         nonlocal last_log
         row, prompt = mine[i]
-        writer.append(training_row(row, prompt, tok.decode(tokens, skip_special=True).strip(), system))
+        writer.append(training_row(row, prompt, tok.decode(tokens, skip_special=True).strip(), system,
+                                   finished=len(tokens) < sampling.max_new_tokens))
         stats["rows"] += 1
         stats["tokens"] += len(tokens)
         if time.time() - last_log >= log_every or stats["rows"] == len(mine):

@@ -212,7 +212,8 @@ def model_inputs(model, batch, max_len, device) -> desta.DeSTABatch:
     rows = batch["rows"]
     messages = [[{k: v for k, v in m.items() if k != "audios"} for m in r["messages"]] for r in rows]
     texts = [[a.get("text") or " " for a in data.row_audios(r)] for r in rows]
-    b = model.build_batch(messages, texts, [r["response"] for r in rows], cap_transcription=True, max_len=max_len)
+    b = model.build_batch(messages, texts, [r["response"] for r in rows], cap_transcription=True, max_len=max_len,
+                          finished=[r.get("finished", True) for r in rows])
     return desta.DeSTABatch(*(t.to(device) if t is not None else None for t in
                               (b.input_ids, b.attn_mask, b.labels, b.audio_rows, b.audio_starts)))
 

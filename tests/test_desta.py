@@ -163,3 +163,12 @@ def test_adapter_checkpoint_errors(backbones, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(dict(conf, llm_model_id="nobody/nothing")))
     with pytest.raises(desta.CheckpointError, match="python data.py weights --repo nobody/nothing"):
         desta.DeSTA.from_pretrained(tmp_path, weights_root=tmp_path / "none")
+
+
+def test_unfinished_response_gets_no_end_of_turn(backbones):
+    model = make_model(backbones)
+    b = model.build_batch([conversation("Hi"), conversation("Hi")], [[" "], [" "]], ["cut off mid", "done."],
+                          finished=[False, True])
+    labels = [[x for x in row.tolist() if x != desta.IGNORE] for row in b.labels]
+    assert labels[0] == model.tokenizer.encode("cut off mid")
+    assert labels[1] == model.tokenizer.encode("done.") + [128009]
