@@ -12,6 +12,7 @@ DATA    ?= data_tiny
 LLM     ?= HuggingFaceTB/SmolLM2-135M-Instruct
 # one prompt per clip (>2,000 rows), short answers: what 2 CPU cores can write in minutes
 SELFGEN ?= --k 1 --max-new-tokens 96 --batch-size 32
+VALGEN  ?= --limit 160
 else
 DATA    ?= data
 LLM     ?= DeSTA-ntu/Llama-3.1-8B-Instruct
@@ -47,7 +48,7 @@ else
 	$(PY) data.py seeds --root $(DATA)
 endif
 	$(SELFGEN_RUN) --seeds $(DATA)/seed_manifest.jsonl --llm $(LLM) --split train --out $(DATA)/train.jsonl $(SELFGEN)
-	$(SELFGEN_RUN) --seeds $(DATA)/seed_manifest.jsonl --llm $(LLM) --split validation --out $(DATA)/validation.jsonl $(SELFGEN)
+	$(SELFGEN_RUN) --seeds $(DATA)/seed_manifest.jsonl --llm $(LLM) --split validation --out $(DATA)/validation.jsonl $(SELFGEN) $(VALGEN)
 	$(PY) data.py summary $(DATA)/seed_manifest.jsonl $(DATA)/train.jsonl $(DATA)/validation.jsonl
 
 bench: setup-test              ## speed table on this machine (bench/results.md)

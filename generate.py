@@ -434,12 +434,14 @@ def main_selfgen(argv):
     ap.add_argument("--top-p", type=float, default=SELFGEN_SAMPLING.top_p)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    ap.add_argument("--limit", type=int, default=None, help="only the first N seed rows")
+    ap.add_argument("--limit", type=int, default=None, help="only N seed rows, evenly spread over the manifest")
     a = ap.parse_args(argv)
     out = Path(a.out)
     rank, world = dist_setup()
     rows = data.read_jsonl(a.seeds, required=("id", "seed_description"))
-    rows = [r for r in rows if a.split is None or r.get("split") == a.split][:a.limit]
+    rows = [r for r in rows if a.split is None or r.get("split") == a.split]
+    if a.limit is not None and a.limit < len(rows):  # evenly spread, so every dataset keeps its share
+        rows = [rows[i * len(rows) // a.limit] for i in range(a.limit)]
     if a.fixed_prompt:
         pools = {"speech": [a.fixed_prompt], "sound": [a.fixed_prompt]}
     else:
