@@ -611,6 +611,35 @@ class Llama(nn.Module):
         return model.eval()
 
 
+class LoRALinear(nn.Linear):
+    """A frozen Linear plus a trainable low-rank update: y = W x + (alpha / r) * B A dropout(x).
+
+    The paper's ablation (C1/C2) puts LoRA on q/k/v. It subclasses nn.Linear so the base weight keeps
+    its checkpoint name, and names its factors `lora_A.default` / `lora_B.default` as peft does, the
+    names the authors' code saves. B starts at zero, so the model starts exactly at the backbone.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float):
+        super().__init__(base.in_features, base.out_features, bias=base.bias is not None, device="meta")
+        self.weight, self.bias = base.weight, base.bias  # the frozen base, shared, not copied
+        self.scale, self.p = alpha / rank, dropout
+        self.lora_A = nn.ModuleDict(dict(default=nn.Linear(base.in_features, rank, bias=False, device=base.weight.device)))
+        self.lora_B = nn.ModuleDict(dict(default=nn.Linear(rank, base.out_features, bias=False, device=base.weight.device)))
+        nn.init.zeros_(self.lora_B["default"].weight)
+
+    def forward(self, x):
+        delta = self.lora_B["default"](self.lora_A["default"](F.dropout(x, self.p, self.training).float()))
+        return super().forward(x) + (self.scale * delta).to(x.dtype)
+
+
+def add_lora(llm: Llama, rank: int = 16, alpha: float = 16.0, dropout: float = 0.1,
+             targets=("q_proj", "k_proj", "v_proj")) -> None:
+    """Wrap the attention projections of every layer with LoRA (the official code: r 16, alpha 16, q/k/v)."""
+    for layer in llm.layers:
+        for name in targets:
+            setattr(layer.self_attn, name, LoRALinear(getattr(layer.self_attn, name), rank, alpha, dropout))
+
+
 # -----------------------------------------------------------------------------------------------
 # 4. Tokenizer and chat formats (SPEC 7)
 # -----------------------------------------------------------------------------------------------
@@ -933,6 +962,8 @@ class DeSTAConfig:
     target_layer_ids: list | None = None    # taps; None = TAPS_BY_DEPTH[encoder depth]
     qformer_ffn_dim: int = 3072
     max_transcription_tokens: int = 100     # cap in training (SPEC 5); not applied at inference
+    lora_rank: int = 16                     # used when use_lora (the official code: r 16, alpha 16)
+    lora_alpha: float = 16.0
 
     # fields the official config.json carries that we read elsewhere or recompute
     IGNORED = ("llm_config", "encoder_config", "info", "model_type", "architectures", "transformers_version",
@@ -976,6 +1007,8 @@ class DeSTA(nn.Module):
         self.connector = QFormerConnector(qcfg).to(p.device)  # adapter weights stay fp32 (master copy)
         self.whisper.requires_grad_(False)
         self.llm.requires_grad_(False)
+        if cfg.use_lora:  # the paper's ablation; the LoRA factors are the only LLM weights that train
+            add_lora(llm, cfg.lora_rank, cfg.lora_alpha)
         self.placeholder_id = self._placeholder_id()
 
     def _placeholder_id(self) -> int:
@@ -1069,6 +1102,13 @@ class DeSTA(nn.Module):
 
     # -- official adapter layout -----------------------------------------------------------------
     PREFIX = "perception.connector."
+    LLM_PREFIX = "llm_model.model."  # where the authors' code keeps the LLM (and so its LoRA factors)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Everything that trains, under the released checkpoint's key names."""
+        state = {self.PREFIX + k: v for k, v in self.connector.state_dict().items()}
+        state.update({self.LLM_PREFIX + n: p for n, p in self.llm.named_parameters() if "lora_" in n})
+        return state
 
     def save_pretrained(self, folder) -> None:
         """config.json + adapter-only model.safetensors with the released keys, written atomically."""
@@ -1077,7 +1117,7 @@ class DeSTA(nn.Module):
         conf = {k: v for k, v in asdict(self.cfg).items() if v is not None}
         conf.update(model_type="desta25", architectures=["DeSTA25AudioModel"],
                     llm_config=self.llm_hf_config, encoder_config=self.encoder_hf_config)
-        state = {self.PREFIX + k: v.detach().float().contiguous().cpu() for k, v in self.connector.state_dict().items()}
+        state = {k: v.detach().float().contiguous().cpu() for k, v in self.trainable_state().items()}
         tmp = folder / "model.safetensors.tmp"
         save_file(state, str(tmp), metadata={"format": "pt"})
         os.replace(tmp, folder / "model.safetensors")
@@ -1086,7 +1126,15 @@ class DeSTA(nn.Module):
         os.replace(tmp, folder / "config.json")
 
     def load_adapter(self, folder) -> None:
-        load_weights(self.connector, folder, key_of=lambda n: self.PREFIX + n)
+        """The trainable tensors from an official-layout folder (connector, and LoRA factors if used)."""
+        holder = nn.Module()
+        holder.connector = self.connector
+        key_of = lambda n: self.PREFIX + n.removeprefix("connector.")
+        if self.cfg.use_lora:
+            holder.lora = nn.ParameterDict({n.replace(".", "/"): p for n, p in self.llm.named_parameters() if "lora_" in n})
+            key_of = lambda n: (self.LLM_PREFIX + n.removeprefix("lora.").replace("/", ".") if n.startswith("lora.")
+                                else self.PREFIX + n.removeprefix("connector."))
+        load_weights(holder, folder, key_of=key_of)
 
     @classmethod
     def from_pretrained(cls, folder, llm_dir=None, encoder_dir=None, dtype=torch.float32, device="cpu",

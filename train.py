@@ -71,6 +71,7 @@ class TrainConfig:
     compile: bool = False
     checkpoint_layers: bool = False
     loss_chunk: int = 1024
+    lora: bool = False            # the paper's ablation C1/C2: LoRA on the LLM's q/k/v as well
     # visibility and safety
     log_every: int = 10
     eval_every: int = 500
@@ -83,6 +84,7 @@ class TrainConfig:
     skip_check_after: int = 100   # ... once this many have been seen
     check_sync: bool = False      # all-gather an adapter checksum every step and stop if ranks differ
     wandb: str = ""               # a project name enables wandb logging, if installed
+    peak_tflops: float = 0.0      # the GPU's dense bf16 peak for MFU; 0 = from the device name (H100/H200/A100)
 
 
 PRESETS = {
@@ -130,6 +132,16 @@ def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
 # -----------------------------------------------------------------------------------------------
 # Checkpoints: the adapter in the official layout + the training state, written atomically
 # -----------------------------------------------------------------------------------------------
+
+
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
+
+
+def peak_flops(cfg: TrainConfig) -> float:
+    if cfg.peak_tflops:
+        return cfg.peak_tflops * 1e12
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
+    return next((v * 1e12 for k, v in PEAK_BF16_TFLOPS.items() if k in name), 0.0)
 
 
 def rng_state() -> dict:
@@ -244,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
              "fp32": torch.float32}[cfg.dtype]
     mcfg = desta.DeSTAConfig(llm_model_id=cfg.llm, encoder_model_id=cfg.encoder,
                              qformer_num_hidden_layers=cfg.qformer_layers, prompt_size=cfg.prompt_size,
-                             qformer_ffn_dim=cfg.qformer_ffn_dim)
+                             qformer_ffn_dim=cfg.qformer_ffn_dim, use_lora=cfg.lora)
     model = desta.DeSTA.from_config(mcfg, dtype=dtype, device=device)
     model.llm.checkpoint_layers = cfg.checkpoint_layers
     if cfg.compile:
@@ -253,10 +265,11 @@ def main(argv: list[str] | None = None) -> dict:
     connector = DDP(model.connector) if world > 1 else model.connector
     amp_dtype = {"auto": torch.bfloat16 if cuda else None, "bf16": torch.bfloat16, "none": None}[cfg.autocast]
     amp = torch.autocast(device_type="cuda" if cuda else "cpu", dtype=amp_dtype) if amp_dtype else nullcontext()
-    params = list(model.connector.parameters())
+    params = [p for p in model.parameters() if p.requires_grad]  # the adapter (+ LoRA factors)
+    lora_params = [p for n, p in model.llm.named_parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
                             fused=cuda)
-    log(f"adapter: {desta.count_parameters(model.connector):,} trainable parameters; taps {model.taps}; "
+    log(f"adapter: {desta.count_parameters(model):,} trainable parameters; taps {model.taps}; "
         f"backbones {dtype}; world {world}; device {device}")
 
     # ---- data
@@ -306,6 +319,10 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- loop
     model.train()
     seen = skipped = tokens = samples = 0
+    # model FLOPs per step (SPEC 11): frozen LLM forward + input-gradient backward ~ 4 x params x tokens,
+    # plus the Whisper forward, 2 x params x 1500 frames per clip; the adapter is small next to them
+    n_llm, n_whisper = desta.count_parameters(model.llm, False), desta.count_parameters(model.whisper, False)
+    peak = peak_flops(cfg)
     t_last = time.time()
     frozen_before = frozen_checksum(model)
     while step < total:
@@ -345,6 +362,10 @@ def main(argv: list[str] | None = None) -> dict:
                 loss_sum += loss.item() / accum
                 tokens += int(inputs.attn_mask.sum())
                 samples += len(batch["rows"])
+            if world > 1 and lora_params:  # DDP wraps the connector only: average the LoRA gradients here
+                for p in lora_params:
+                    dist.all_reduce(p.grad)
+                    p.grad /= world
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip).item()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -357,6 +378,9 @@ def main(argv: list[str] | None = None) -> dict:
                 rec.update(samples_per_s=samples * world / dt, tokens_per_s=tokens * world / dt, skipped=skipped)
                 if cuda:
                     rec["mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+                    if peak:
+                        flops = 4 * n_llm * tokens + 2 * n_whisper * desta.N_AUDIO_CTX * samples
+                        rec["mfu"] = flops / dt / peak
                 log(" | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec.items()))
                 t_last, tokens, samples = time.time(), 0, 0
             emit(rec)
@@ -395,12 +419,13 @@ def worker_init(_):
 
 @torch.no_grad()
 def frozen_checksum(model) -> float:
-    return float(sum(p.double().sum() for p in (*model.whisper.parameters(), *model.llm.parameters())))
+    frozen = [p for p in (*model.whisper.parameters(), *model.llm.parameters()) if not p.requires_grad]
+    return float(sum(p.double().sum() for p in frozen))
 
 
 @torch.no_grad()
 def adapter_checksum(model) -> float:
-    return float(sum(p.double().abs().sum() for p in model.connector.parameters()))
+    return float(sum(p.double().abs().sum() for p in model.parameters() if p.requires_grad))
 
 
 if __name__ == "__main__":

@@ -172,3 +172,26 @@ def test_unfinished_response_gets_no_end_of_turn(backbones):
     labels = [[x for x in row.tolist() if x != desta.IGNORE] for row in b.labels]
     assert labels[0] == model.tokenizer.encode("cut off mid")
     assert labels[1] == model.tokenizer.encode("done.") + [128009]
+
+
+def test_lora_ablation_layout_and_round_trip(backbones, tmp_path):
+    plain = make_model(backbones)
+    model = make_model(backbones, use_lora=True, lora_rank=4)
+    b = model.build_batch([conversation("Hi")], [["Hello"]], responses=["Yes."])
+    mel = torch.randn(1, 80, 3000)
+    model.connector.load_state_dict(plain.connector.state_dict())
+    with torch.no_grad():  # B starts at zero: LoRA begins exactly at the backbone
+        assert model(mel, b).item() == pytest.approx(plain(mel, b).item(), abs=1e-6)
+    lora = {n: p for n, p in model.llm.named_parameters() if p.requires_grad}
+    assert len(lora) == 2 * 3 * 2 and "layers.0.self_attn.q_proj.lora_A.default.weight" in lora
+    assert desta.count_parameters(model) == desta.count_parameters(model.connector) + sum(p.numel() for p in lora.values())
+    with torch.no_grad():
+        for p in lora.values():
+            p.normal_()
+    model.save_pretrained(tmp_path)
+    with safe_open(tmp_path / "model.safetensors", framework="pt") as f:
+        keys = set(f.keys())
+    assert "llm_model.model.layers.1.self_attn.v_proj.lora_B.default.weight" in keys  # the authors' (peft) names
+    loaded = desta.DeSTA.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert loaded(mel, b).item() == model.eval()(mel, b).item()

@@ -127,3 +127,12 @@ def test_unreadable_clips_are_named_counted_and_bounded(random_backbones, tmp_pa
     with pytest.raises(SystemExit, match="unreadable"):
         train.main(args(random_backbones, manifest, tmp_path / "run2", max_steps=20, max_skip_rate=0.1,
                         skip_check_after=8))
+
+
+def test_lora_ablation_trains(random_backbones, tmp_path):
+    manifest = write_tiny_training_set(tmp_path / "data")
+    out = tmp_path / "run"
+    train.main(args(random_backbones, manifest, out, max_steps=3, lora="true"))  # frozen base weights asserted
+    model = desta.DeSTA.from_pretrained(out / "ckpt-00000003")
+    lora_b = [p for n, p in model.llm.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # B left zero = LoRA never trained
