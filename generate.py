@@ -116,7 +116,12 @@ class Engine:
         w = llm.embed_tokens.weight
         self.device = w.device
         self.positions = torch.arange(max_len, device=self.device)
-        self.decode_step = torch.compile(self._decode_step, mode="reduce-overhead") if compile else self._decode_step
+        self.decode_step = self._decode_step
+        if compile:  # one graph: the decode step's shapes never change (static cache, fixed batch)
+            if self.device.type == "cpu":
+                import torch._inductor.config as inductor_config
+                inductor_config.freezing = True  # weights become constants, prepacked for the CPU GEMM
+            self.decode_step = torch.compile(self._decode_step, mode="reduce-overhead" if self.device.type == "cuda" else None)
 
     # -- the two kinds of forward pass ---------------------------------------------------------
     def _prefill(self, rows: torch.Tensor, prompts: list) -> torch.Tensor:
@@ -224,7 +229,7 @@ class Engine:
 def generate(llm: desta.Llama, prompts: list, max_new_tokens: int = 256, temperature: float = 0.0,
              top_p: float = 1.0, stop_ids=(), seed: int | None = None, batch_size: int = 16,
              continuous: bool = True, max_len: int | None = None, on_finish=None,
-             seeds: list[int] | None = None) -> list[list[int]]:
+             seeds: list[int] | None = None, compile: bool = False) -> list[list[int]]:
     """Batched, KV-cached generation. prompts: lists of token ids, or (T, dim) embedding tensors.
 
     Returns the new tokens of each prompt, without the stop token. Greedy when temperature is 0.
@@ -233,7 +238,7 @@ def generate(llm: desta.Llama, prompts: list, max_new_tokens: int = 256, tempera
         return []
     need = max(len(p) for p in prompts) + max_new_tokens
     max_len = max_len or need
-    engine = Engine(llm, batch_size=min(batch_size, len(prompts)), max_len=max_len)
+    engine = Engine(llm, batch_size=min(batch_size, len(prompts)), max_len=max_len, compile=compile)
     try:
         return engine.run(prompts, Sampling(max_new_tokens, temperature, top_p, seed), stop_ids, continuous,
                           on_finish, seeds)
@@ -292,7 +297,7 @@ def part_path(out: Path, rank: int) -> Path:
 def self_generate(llm: desta.Llama, tok: desta.Tokenizer, seed_rows: list[dict], pools: dict[str, list[str]],
                   out, k: int = 4, seed: int = 42, sampling: Sampling = SELFGEN_SAMPLING, batch_size: int = 16,
                   rank: int = 0, world: int = 1, system: str = desta.DEFAULT_SYSTEM,
-                  continuous: bool = True, log_every: float = 10.0) -> dict:
+                  continuous: bool = True, log_every: float = 10.0, compile: bool = False) -> dict:
     """Write this rank's share of the (clip, prompt) pairs to `<out>.part<rank>`, skipping pairs that
     any part file already holds. Rows are appended as they finish. Returns counts and speed."""
     out = Path(out)
@@ -323,7 +328,7 @@ def self_generate(llm: desta.Llama, tok: desta.Tokenizer, seed_rows: list[dict],
         prompts = [tok.apply_chat_template(backbone_messages(row["seed_description"], p, system)) for row, p in mine]
         seeds = [row_seed(seed, row["id"], p) for row, p in mine]
         generate(llm, prompts, sampling.max_new_tokens, sampling.temperature, sampling.top_p, tok.stop_ids,
-                 batch_size=batch_size, continuous=continuous, on_finish=on_finish, seeds=seeds)
+                 batch_size=batch_size, continuous=continuous, on_finish=on_finish, seeds=seeds, compile=compile)
     finally:
         writer.close()
     stats["seconds"] = time.time() - t0
@@ -435,6 +440,7 @@ def main_selfgen(argv):
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     ap.add_argument("--limit", type=int, default=None, help="only N seed rows, evenly spread over the manifest")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the decode step (pays off on long jobs)")
     a = ap.parse_args(argv)
     out = Path(a.out)
     rank, world = dist_setup()
@@ -455,7 +461,8 @@ def main_selfgen(argv):
     llm = desta.Llama.from_pretrained(llm_dir, DTYPES[a.dtype], device_for(rank))
     tok = desta.Tokenizer.from_pretrained(llm_dir)
     sampling = Sampling(a.max_new_tokens, a.temperature, a.top_p)
-    stats = self_generate(llm, tok, rows, pools, out, a.k, a.seed, sampling, a.batch_size, rank, world)
+    stats = self_generate(llm, tok, rows, pools, out, a.k, a.seed, sampling, a.batch_size, rank, world,
+                          compile=a.compile)
     print(f"selfgen rank {rank}: wrote {stats['rows']} rows, {stats['tokens']} tokens in {stats['seconds']:.1f} s",
           file=sys.stderr)
     if world > 1:
