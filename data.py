@@ -369,66 +369,163 @@ def _safe_relpath(filename: str) -> str:
     return filename
 
 
-def _download_file(hub: _Hub, filename: str, out_dir: Path, size=None, sha256=None, git_sha1=None,
-                   required=True) -> Path | None:
-    """Fetch one file into out_dir: resume from `<name>.incomplete`, verify, then rename into place.
+# One resumable, verified, atomic file fetch serves the hub and the corpus recipes.
 
-    Returns the final path, or None when an optional file does not exist (404).
+class DownloadError(RuntimeError):
+    """A download failed (HTTP error, gave up after retries, wrong size or checksum); names the file."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+def _http_get(session: requests.Session, url: str, what: str, retries: int, backoff: float,
+              stream: bool = False, headers: dict | None = None) -> requests.Response:
+    """GET with bounded exponential-backoff retries on connection errors, 5xx and 429; raise on 4xx."""
+    for attempt in range(retries + 1):
+        try:
+            r = session.get(url, headers=headers, stream=stream, timeout=HUB_TIMEOUT_S,
+                            allow_redirects=True)
+        except (requests.ConnectionError, requests.Timeout) as e:
+            err = e
+        else:
+            if r.status_code < 400 or r.status_code == 416:  # 416: asked past the end, handled by caller
+                return r
+            err = DownloadError(f"HTTP {r.status_code} {r.reason} for {what} ({url})", r.status_code)
+            r.close()
+            if r.status_code < 500 and r.status_code != 429:
+                raise err
+        if attempt == retries:
+            raise DownloadError(f"giving up on {what} ({url}) after {retries + 1} attempts: {err}",
+                                getattr(err, "status", None)) from err
+        time.sleep(backoff * 2 ** attempt)
+
+
+def _content_range(r: requests.Response) -> tuple[int | None, int | None]:
+    # "bytes START-END/TOTAL" or "bytes */TOTAL" -> (START, TOTAL)
+    value = r.headers.get("Content-Range", "")
+    span, _, total = value.partition(" ")[2].partition("/")
+    start = span.split("-")[0]
+    return (int(start) if start.isdigit() else None), (int(total) if total.isdigit() else None)
+
+
+def download_file(url: str, dest, sha256: str | None = None, md5: str | None = None, size: int | None = None,
+                  *, git_sha1: str | None = None, retries: int = HUB_RETRIES, backoff: float = HUB_BACKOFF_S,
+                  session: requests.Session | None = None, progress: bool = True, get=None, name: str | None = None,
+                  error=None) -> Path:
+    """Fetch `url` to `dest`: resume from `<dest>.incomplete` with HTTP Range, verify, then rename.
+
+    Re-running after any interruption continues where the bytes stop. A dropped connection that made
+    progress is retried without limit; `retries` bounds attempts that make none. `size`, `sha256` and
+    `md5` are checked when given (a mismatch deletes the download and raises DownloadError naming the
+    file). A final `dest` always means a complete, verified file, so an existing one is kept.
+    progress=False silences the per-file progress line (many small files). The hub passes its own
+    `get(url, headers)` (token, its error messages) and `error` class; everything else is shared.
     """
-    final = out_dir / _safe_relpath(filename)
-    if final.is_file() and (size is None or final.stat().st_size == size):
-        return final  # complete from an earlier run (sizes are checked, hashes were checked then)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(final.name + ".incomplete")
+    error = error or DownloadError
+    dest = Path(dest)
+    name = name or dest.name
+    if dest.is_file() and (size is None or dest.stat().st_size == size):
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".incomplete")
     if size is not None and tmp.is_file() and tmp.stat().st_size > size:
         tmp.unlink()  # longer than the real file: not a prefix of it
-    url, tries = hub.url(filename), 0
+    if get is None:
+        session = session or requests.Session()
+        get = lambda url, headers: _http_get(session, url, name, retries, backoff, stream=True, headers=headers)
+    base = {"Accept-Encoding": "identity"}  # byte ranges and sizes refer to the stored bytes
+    tries = 0
     while True:
         have = before = tmp.stat().st_size if tmp.is_file() else 0
         if size is not None and have == size:
             break  # everything is here already (an earlier run died before the rename)
-        try:
-            r = hub.get(url, filename, stream=True, headers={"Range": f"bytes={have}-"} if have else None)
-        except HubError as e:
-            if not required and e.status == 404:
-                return None
-            raise
+        headers = {**base, "Range": f"bytes={have}-"} if have else base
+        r = get(url, headers)
         with r:
             if r.status_code == 416:  # nothing after byte `have`: the server thinks we are done
-                total = r.headers.get("Content-Range", "").rpartition("/")[2]  # "bytes */N"
-                size = int(total) if size is None and total.isdigit() else size
+                total = _content_range(r)[1]
+                size = total if size is None else size
                 if size is None or have == size:
                     break
                 tmp.unlink(missing_ok=True)  # we hold more bytes than the file has: start over
                 continue
             if r.status_code == 206:
-                start = int(r.headers.get("Content-Range", "bytes 0-").split()[1].split("-")[0])
+                start, total = _content_range(r)
                 if start != have:
-                    raise HubError(f"{filename}: server resumed at byte {start}, asked for {have}")
-                total = r.headers.get("Content-Range", "").rpartition("/")[2]
+                    raise error(f"{name}: server resumed at byte {start}, asked for {have} ({url})")
                 mode = "ab"
             else:  # 200: the server ignored Range (or we asked for none): start from byte 0
-                have, total, mode = 0, r.headers.get("Content-Length"), "wb"
-            if size is None and total and total.isdigit():
-                size = int(total)
+                length = r.headers.get("Content-Length", "")
+                have, total, mode = 0, (int(length) if length.isdigit() else None), "wb"
+            if size is None:
+                size = total
+            elif total is not None and total != size:
+                raise error(f"{name}: server has {total} bytes, expected {size} ({url})")
             try:
                 with open(tmp, mode) as f:
-                    _copy_with_progress(r, f, filename, have, size)
+                    if progress:
+                        _copy_with_progress(r, f, name, have, size)
+                    else:
+                        for chunk in r.iter_content(HUB_CHUNK):
+                            f.write(chunk)
+                        f.flush()
+                        os.fsync(f.fileno())
             except (requests.ConnectionError, requests.Timeout,
                     requests.exceptions.ChunkedEncodingError) as e:
-                # real progress resets the budget (long files on bad links); a server that ignores Range
-                # and always drops at the same byte does not
+                # real progress resets the budget (long files on bad links); a server that always drops
+                # at the same byte does not
                 tries = 0 if tmp.stat().st_size > before else tries + 1
-                if tries > hub.retries:
-                    raise HubError(f"giving up on {hub.repo_id}/{filename}: {e}") from e
-                print(f"\n{filename}: connection lost at {tmp.stat().st_size} bytes ({e.__class__.__name__}); "
+                if tries > retries:
+                    raise error(f"giving up on {name} ({url}): {e}") from e
+                print(f"{name}: connection lost at {tmp.stat().st_size} bytes ({e.__class__.__name__}); "
                       f"resuming", file=sys.stderr)
-                time.sleep(hub.backoff * 2 ** tries)
+                time.sleep(backoff * 2 ** tries)
                 continue
         break
-    _verify(tmp, filename, size, sha256, git_sha1)
-    os.replace(tmp, final)  # atomic: a final name always means a complete, verified file
-    return final
+    _verify(tmp, name, size, sha256, md5, git_sha1, error)
+    os.replace(tmp, dest)  # atomic: a final name always means a complete, verified file
+    return dest
+
+
+def _verify(tmp: Path, name: str, size=None, sha256=None, md5=None, git_sha1=None, error=None) -> None:
+    """Size and checksums of a finished download; a mismatch deletes it (the bytes are wrong, not merely
+    short) so the next run starts clean. git_sha1 is git's blob hash (the hub's id for small files)."""
+    error = error or DownloadError
+    got = tmp.stat().st_size
+    if size is not None and got != size:
+        tmp.unlink()
+        raise error(f"{name}: downloaded {got} bytes, expected {size}; deleted the partial file")
+    hashes = {kind: h for kind, want, h in (("sha256", sha256, hashlib.sha256()), ("md5", md5, hashlib.md5()),
+                                              ("git sha1", git_sha1, hashlib.sha1(b"blob %d\0" % got))) if want}
+    if not hashes:
+        return
+    with open(tmp, "rb") as f:
+        for block in iter(lambda: f.read(HUB_CHUNK), b""):
+            for h in hashes.values():
+                h.update(block)
+    for kind, want in (("sha256", sha256), ("md5", md5), ("git sha1", git_sha1)):
+        if want and hashes[kind].hexdigest() != want.lower():
+            tmp.unlink()
+            raise error(f"{name}: {kind} mismatch (got {hashes[kind].hexdigest()}, expected {want}); "
+                        f"deleted the corrupt download")
+
+
+def _download_file(hub: _Hub, filename: str, out_dir: Path, size=None, sha256=None, git_sha1=None,
+                   required=True) -> Path | None:
+    """One hub file into out_dir through download_file, with the hub's token and error messages.
+
+    Returns the final path, or None when an optional file does not exist (404).
+    """
+    try:
+        return download_file(hub.url(filename), out_dir / _safe_relpath(filename), sha256=sha256, size=size,
+                             git_sha1=git_sha1, retries=hub.retries, backoff=hub.backoff, name=filename,
+                             error=HubError, get=lambda url, headers: hub.get(url, filename, stream=True,
+                                                                               headers=headers))
+    except HubError as e:
+        if not required and e.status == 404:
+            return None
+        raise
 
 
 def _copy_with_progress(r: requests.Response, f, filename: str, have: int, size):
@@ -446,26 +543,6 @@ def _copy_with_progress(r: requests.Response, f, filename: str, have: int, size)
     f.flush()
     os.fsync(f.fileno())
     print(file=sys.stderr)
-
-
-def _verify(tmp: Path, filename: str, size, sha256, git_sha1):
-    # a mismatch means the bytes are wrong, not merely short: delete them so the next run starts clean
-    got = tmp.stat().st_size
-    if size is not None and got != size:
-        tmp.unlink()
-        raise HubError(f"{filename}: downloaded {got} bytes, expected {size}; deleted the partial file")
-    if sha256 is None and git_sha1 is None:
-        return
-    h = hashlib.sha256() if sha256 else hashlib.sha1(b"blob %d\0" % got)  # git hashes a header first
-    with open(tmp, "rb") as f:
-        for block in iter(lambda: f.read(HUB_CHUNK), b""):
-            h.update(block)
-    want = sha256 or git_sha1
-    if h.hexdigest() != want:
-        tmp.unlink()
-        kind = "sha256" if sha256 else "git sha1"
-        raise HubError(f"{filename}: {kind} mismatch (got {h.hexdigest()}, expected {want}); "
-                       f"deleted the corrupt download")
 
 
 def download_repo(repo_id: str, out_dir, revision: str = "main", token: str | None = None,
@@ -2712,10 +2789,6 @@ def load_prompts(path) -> list[str]:
 #
 # Runtime: numpy, soundfile, requests, stdlib; py7zr only for Clotho's .7z archives (imported lazily).
 
-DOWNLOAD_RETRIES = HUB_RETRIES        # attempts per request after a connection error / 5xx / 429
-DOWNLOAD_BACKOFF_S = HUB_BACKOFF_S    # first retry waits this long, then doubles
-DOWNLOAD_TIMEOUT_S = HUB_TIMEOUT_S    # (connect, read) seconds
-HASH_CHUNK = 1 << 20
 DOWNLOADS_DIR = "downloads"
 UNPACKED_MARK = ".unpacked.{archive}"
 RECIPE_MANIFEST_NAME = "seed_manifest.{name}.jsonl"
@@ -2793,142 +2866,11 @@ class RecipeError(ValueError):
     """A corpus on disk or an archive that a recipe cannot use; the message names the file."""
 
 
-class DownloadError(RuntimeError):
-    """A download failed (HTTP error, gave up after retries, wrong size or checksum); names the file."""
-
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
-        self.status = status
-
-
 class AQA5MError(ValueError):
     """A malformed DeSTA-AQA5M line (strict mode); the message says file:line and why."""
 
 
 # ---- download: one generic resumable, verified, atomic file fetch ----
-
-def _http_get(session: requests.Session, url: str, what: str, retries: int, backoff: float,
-              stream: bool = False, headers: dict | None = None) -> requests.Response:
-    """GET with bounded exponential-backoff retries on connection errors, 5xx and 429; raise on 4xx."""
-    for attempt in range(retries + 1):
-        try:
-            r = session.get(url, headers=headers, stream=stream, timeout=DOWNLOAD_TIMEOUT_S,
-                            allow_redirects=True)
-        except (requests.ConnectionError, requests.Timeout) as e:
-            err = e
-        else:
-            if r.status_code < 400 or r.status_code == 416:  # 416: asked past the end, handled by caller
-                return r
-            err = DownloadError(f"HTTP {r.status_code} {r.reason} for {what} ({url})", r.status_code)
-            r.close()
-            if r.status_code < 500 and r.status_code != 429:
-                raise err
-        if attempt == retries:
-            raise DownloadError(f"giving up on {what} ({url}) after {retries + 1} attempts: {err}",
-                                getattr(err, "status", None)) from err
-        time.sleep(backoff * 2 ** attempt)
-
-
-def _content_range(r: requests.Response) -> tuple[int | None, int | None]:
-    # "bytes START-END/TOTAL" or "bytes */TOTAL" -> (START, TOTAL)
-    value = r.headers.get("Content-Range", "")
-    span, _, total = value.partition(" ")[2].partition("/")
-    start = span.split("-")[0]
-    return (int(start) if start.isdigit() else None), (int(total) if total.isdigit() else None)
-
-
-def _verify_download(tmp: Path, name: str, url: str, size, sha256, md5):
-    # a mismatch means the bytes are wrong, not merely short: delete them so the next run starts clean
-    got = tmp.stat().st_size
-    if size is not None and got != size:
-        tmp.unlink()
-        raise DownloadError(f"{name}: downloaded {got} bytes from {url}, expected {size}; deleted it")
-    hashes = {k: hashlib.new(k) for k, want in (("sha256", sha256), ("md5", md5)) if want}
-    if not hashes:
-        return
-    with open(tmp, "rb") as f:
-        for block in iter(lambda: f.read(HASH_CHUNK), b""):
-            for h in hashes.values():
-                h.update(block)
-    for kind, want in (("sha256", sha256), ("md5", md5)):
-        if want and hashes[kind].hexdigest() != want.lower():
-            tmp.unlink()
-            raise DownloadError(f"{name}: {kind} mismatch (got {hashes[kind].hexdigest()}, expected {want}) "
-                                f"for {url}; deleted the corrupt download")
-
-
-def download_file(url: str, dest, sha256: str | None = None, md5: str | None = None, size: int | None = None,
-                  *, retries: int = DOWNLOAD_RETRIES, backoff: float = DOWNLOAD_BACKOFF_S,
-                  session: requests.Session | None = None, progress: bool = True) -> Path:
-    """Fetch `url` to `dest`: resume from `<dest>.incomplete` with HTTP Range, verify, then rename.
-
-    Re-running after any interruption continues where the bytes stop. A dropped connection that made
-    progress is retried without limit; `retries` bounds attempts that make none. `size`, `sha256` and
-    `md5` are checked when given (a mismatch deletes the download and raises DownloadError naming the
-    file). A final `dest` always means a complete, verified file, so an existing one is kept.
-    progress=False silences the per-file progress line (many small files).
-    """
-    dest = Path(dest)
-    if dest.is_file() and (size is None or dest.stat().st_size == size):
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".incomplete")
-    if size is not None and tmp.is_file() and tmp.stat().st_size > size:
-        tmp.unlink()  # longer than the real file: not a prefix of it
-    session = session or requests.Session()
-    base = {"Accept-Encoding": "identity"}  # byte ranges and sizes refer to the stored bytes
-    tries = 0
-    while True:
-        have = before = tmp.stat().st_size if tmp.is_file() else 0
-        if size is not None and have == size:
-            break  # everything is here already (an earlier run died before the rename)
-        headers = {**base, "Range": f"bytes={have}-"} if have else base
-        r = _http_get(session, url, dest.name, retries, backoff, stream=True, headers=headers)
-        with r:
-            if r.status_code == 416:  # nothing after byte `have`: the server thinks we are done
-                total = _content_range(r)[1]
-                size = total if size is None else size
-                if size is None or have == size:
-                    break
-                tmp.unlink(missing_ok=True)  # we hold more bytes than the file has: start over
-                continue
-            if r.status_code == 206:
-                start, total = _content_range(r)
-                if start != have:
-                    raise DownloadError(f"{dest.name}: server resumed at byte {start}, asked for {have} ({url})")
-                mode = "ab"
-            else:  # 200: the server ignored Range (or we asked for none): start from byte 0
-                length = r.headers.get("Content-Length", "")
-                have, total, mode = 0, (int(length) if length.isdigit() else None), "wb"
-            if size is None:
-                size = total
-            elif total is not None and total != size:
-                raise DownloadError(f"{dest.name}: server has {total} bytes, expected {size} ({url})")
-            try:
-                with open(tmp, mode) as f:
-                    if progress:
-                        _copy_with_progress(r, f, dest.name, have, size)
-                    else:
-                        for chunk in r.iter_content(HASH_CHUNK):
-                            f.write(chunk)
-                        f.flush()
-                        os.fsync(f.fileno())
-            except (requests.ConnectionError, requests.Timeout,
-                    requests.exceptions.ChunkedEncodingError) as e:
-                # real progress resets the budget (long files on bad links); a server that always drops
-                # at the same byte does not
-                tries = 0 if tmp.stat().st_size > before else tries + 1
-                if tries > retries:
-                    raise DownloadError(f"giving up on {dest.name} ({url}): {e}") from e
-                print(f"{dest.name}: connection lost at {tmp.stat().st_size} bytes ({e.__class__.__name__}); "
-                      f"resuming", file=sys.stderr)
-                time.sleep(backoff * 2 ** tries)
-                continue
-        break
-    _verify_download(tmp, dest.name, url, size, sha256, md5)
-    os.replace(tmp, dest)  # atomic: a final name always means a complete, verified file
-    return dest
-
 
 # ---- archives: unpack without letting a member escape the destination ----
 
@@ -3262,8 +3204,8 @@ def _thread_session() -> requests.Session:
 
 
 def fetch_crema_d(corpus: Path, *, raw_base: str = CREMA_D_RAW, media_base: str = CREMA_D_MEDIA,
-                  workers: int = CREMA_D_WORKERS, retries: int = DOWNLOAD_RETRIES,
-                  backoff: float = DOWNLOAD_BACKOFF_S) -> Path:
+                  workers: int = CREMA_D_WORKERS, retries: int = HUB_RETRIES,
+                  backoff: float = HUB_BACKOFF_S) -> Path:
     """CREMA-D is not archived: fetch the metadata, then every clip in SentenceFilenames.csv one by one.
 
     The clips are Git LFS objects: the raw URL serves the LFS pointer (the repo's own sha256 and size of
@@ -3527,8 +3469,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
 ]}
 
 
-def fetch_sources(recipe: Recipe, root, *, keep_archives: bool = True, retries: int = DOWNLOAD_RETRIES,
-                  backoff: float = DOWNLOAD_BACKOFF_S) -> Path:
+def fetch_sources(recipe: Recipe, root, *, keep_archives: bool = True, retries: int = HUB_RETRIES,
+                  backoff: float = HUB_BACKOFF_S) -> Path:
     """Download and unpack a recipe's sources into root/<folder>; archives already unpacked are skipped."""
     root = Path(root)
     corpus = root / recipe.folder
@@ -3563,8 +3505,8 @@ def write_manifest(path, rows) -> Path:
     return Path(path)
 
 
-def prepare(name, root, download: bool = True, *, keep_archives: bool = True, retries: int = DOWNLOAD_RETRIES,
-            backoff: float = DOWNLOAD_BACKOFF_S, **options) -> Path:
+def prepare(name, root, download: bool = True, *, keep_archives: bool = True, retries: int = HUB_RETRIES,
+            backoff: float = HUB_BACKOFF_S, **options) -> Path:
     """Fetch (unless download=False), parse and describe one corpus; returns its seed manifest path.
 
     name: a key of RECIPES (or a Recipe). options go to the recipe's parser (VCTK: mic="mic2";
