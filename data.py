@@ -1697,13 +1697,23 @@ def format_attribute(name, value):
     return str(value)
 
 
-def _render_attributes(attributes):
+def description_line(start: float, end: float, text: str = "", attributes=()) -> str:
+    """One line of a seed description: '[00:00-00:03] It's eleven o'clock (Emotion: Anger, Gender: Male)'.
+
+    attributes: (name, value) pairs in order; a value of None or "" is left out; a name of None writes
+    the bare value (a caption: '(A dog barks)'); no parentheses when nothing is left (never "()").
+    """
+    parts = [f"{v}" if k is None else f"{k}: {v}" for k, v in attributes if v not in (None, "")]
+    return " ".join(p for p in (f"[{format_timestamp(start)}-{format_timestamp(end)}]", text.strip(),
+                                f"({', '.join(parts)})" if parts else "") if p)
+
+
+def _ordered_attributes(attributes: dict) -> list[tuple[str, str]]:
+    """The synthetic corpus's attributes in ATTRIBUTE_ORDER, with their units."""
     unknown = [k for k in attributes if k not in ATTRIBUTE_ORDER]
     if unknown:
         raise ValueError(f"unknown seed-description attribute(s) {unknown}; known: {ATTRIBUTE_ORDER}")
-    parts = [f"{k}: {format_attribute(k, attributes[k])}" for k in ATTRIBUTE_ORDER
-             if attributes.get(k) not in (None, "")]
-    return f"({', '.join(parts)})" if parts else ""   # never "()"
+    return [(k, format_attribute(k, attributes[k])) for k in ATTRIBUTE_ORDER if attributes.get(k) not in (None, "")]
 
 
 def seed_description(segments, attributes):
@@ -1725,8 +1735,7 @@ def seed_description(segments, attributes):
             raise ValueError(f"bad segment times start={s.start} end={s.end}")
 
     def line(start, end, text, attrs):
-        return " ".join(p for p in (f"[{format_timestamp(start)}-{format_timestamp(end)}]",
-                                    text.strip(), _render_attributes(attrs)) if p)
+        return description_line(start, end, text, _ordered_attributes(attrs))
 
     if len(segs) == 1:
         s = segs[0]
@@ -1803,11 +1812,7 @@ ESPEAK_RATE, ESPEAK_VOLUME, ESPEAK_PITCH, ESPEAK_RANGE = 1, 2, 3, 4   # espeak_P
 
 
 def espeak_available():
-    try:
-        import espeakng_loader  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("espeakng_loader") is not None
 
 
 class ESpeak:
@@ -2943,17 +2948,11 @@ def seconds(duration: float) -> str:
 
 
 def describe(duration: float, text: str = "", attributes=()) -> str:
-    """One clip as one span: '[00:00-00:02] It's eleven o'clock (Emotion: Anger, Gender: Male)'.
-
-    attributes: (name, value) pairs in order; a value of None or "" is left out; a name of None writes
-    the bare value (a caption: '(A dog barks)'). The span ends at the clip's length in whole seconds,
-    at least 00:01 so a sub-second clip does not read as empty.
-    """
+    """A whole clip as one line (description_line); the span ends at its length in whole seconds, at
+    least 00:01 so a sub-second clip does not read as empty."""
     if duration < 0:
         raise ValueError(f"negative duration {duration}")
-    parts = [f"{v}" if k is None else f"{k}: {v}" for k, v in attributes if v not in (None, "")]
-    span = f"[{format_timestamp(0)}-{format_timestamp(max(duration, 1.0))}]"
-    return " ".join(p for p in (span, text.strip(), f"({', '.join(parts)})" if parts else "") if p)
+    return description_line(0.0, max(duration, 1.0), text, attributes)
 
 
 # ---- shared parsing helpers ----
