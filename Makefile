@@ -21,7 +21,7 @@ RECIPES ?= esc50 librispeech-train-clean-100 librispeech-dev-clean speech-comman
 endif
 SELFGEN_RUN = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC)) generate.py selfgen
 
-.PHONY: setup setup-test test data bench clean
+.PHONY: setup setup-test test data bench bench-gpu clean
 
 $(VENV)/.runtime: requirements.txt requirements-tiny.txt
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,9 @@ endif
 bench: setup-test              ## speed table on this machine (bench/results.md)
 	$(PY) data.py weights --preset tiny
 	$(PY) bench/bench.py
+
+bench-gpu:                     ## on a lent GPU machine (its python3 has CUDA torch): 8B-shaped random weights
+	python3 bench/bench_gpu.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
