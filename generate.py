@@ -257,11 +257,24 @@ SELFGEN_SAMPLING = Sampling(max_new_tokens=512, temperature=0.05, top_p=1.0)  # 
 PROMPT_POOLS = {"speech": "prompts/speech.txt", "sound": "prompts/sound.txt"}
 
 
-def choose_prompts(row: dict, pools: dict[str, list[str]], k: int, seed: int) -> list[str]:
+def choose_prompts(row: dict, pools: dict[str, list[str]], k, seed: int) -> list[str]:
     """K distinct prompts for a clip: from the speech pool if it has a transcription, else the sound
-    pool. Seeded by the clip id, so any rank, any restart, picks the same prompts."""
+    pool. Seeded by the clip id, so any rank, any restart, picks the same prompts.
+    k: an int, or {dataset: k} (balanced_k) to give small corpora more prompts per clip."""
+    if isinstance(k, dict):
+        k = k[row.get("dataset", "")]
     pool = pools["speech"] if row.get("transcription", " ").strip() else pools["sound"]
     return random.Random(f"{seed}:{row['id']}").sample(pool, min(k, len(pool)))
+
+
+def balanced_k(rows: list[dict], k: int, max_factor: int = 4) -> dict[str, int]:
+    """Prompts per clip for each dataset so that small corpora are upsampled towards the largest one
+    (the paper balances its 50 corpora), at most max_factor x k per clip."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.get("dataset", "")] = counts.get(r.get("dataset", ""), 0) + 1
+    biggest = max(counts.values())
+    return {d: min(max_factor * k, max(k, round(k * biggest / n))) for d, n in counts.items()}
 
 
 def backbone_messages(seed_description: str, prompt: str, system: str = desta.DEFAULT_SYSTEM) -> list[dict]:
@@ -430,6 +443,8 @@ def main_selfgen(argv):
     ap.add_argument("--out", required=True, help="training manifest to write (jsonl, DeSTA-AQA5M layout)")
     ap.add_argument("--split", default=None, help="only seed rows of this split")
     ap.add_argument("--k", type=int, default=4, help="prompts per clip")
+    ap.add_argument("--balance", action="store_true",
+                    help="upsample small corpora: up to 4k prompts per clip, towards the largest corpus's rows")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--speech-prompts", default=PROMPT_POOLS["speech"])
     ap.add_argument("--sound-prompts", default=PROMPT_POOLS["sound"])
@@ -448,27 +463,28 @@ def main_selfgen(argv):
     rows = [r for r in rows if a.split is None or r.get("split") == a.split]
     if a.limit is not None and a.limit < len(rows):  # evenly spread, so every dataset keeps its share
         rows = [rows[i * len(rows) // a.limit] for i in range(a.limit)]
+    k = balanced_k(rows, a.k) if a.balance else a.k
     if a.fixed_prompt:
         pools = {"speech": [a.fixed_prompt], "sound": [a.fixed_prompt]}
     else:
         pools = {"speech": data.load_prompts(a.speech_prompts), "sound": data.load_prompts(a.sound_prompts)}
     if out.is_file() and not list(out.parent.glob(f"{out.name}.part*")):
         have = {(r["id"], r["prompt"]) for r in data.read_jsonl(out)}
-        if all((r["id"], p) in have for r in rows for p in choose_prompts(r, pools, a.k, a.seed)):
+        if all((r["id"], p) in have for r in rows for p in choose_prompts(r, pools, k, a.seed)):
             print(f"{out}: complete ({len(have)} rows), nothing to do", file=sys.stderr)
             return
     llm_dir = desta.resolve_weights(a.llm)
     llm = desta.Llama.from_pretrained(llm_dir, DTYPES[a.dtype], device_for(rank))
     tok = desta.Tokenizer.from_pretrained(llm_dir)
     sampling = Sampling(a.max_new_tokens, a.temperature, a.top_p)
-    stats = self_generate(llm, tok, rows, pools, out, a.k, a.seed, sampling, a.batch_size, rank, world,
+    stats = self_generate(llm, tok, rows, pools, out, k, a.seed, sampling, a.batch_size, rank, world,
                           compile=a.compile)
     print(f"selfgen rank {rank}: wrote {stats['rows']} rows, {stats['tokens']} tokens in {stats['seconds']:.1f} s",
           file=sys.stderr)
     if world > 1:
         torch.distributed.barrier()
     if rank == 0:
-        n = merge_parts(out, rows, pools, a.k, a.seed)
+        n = merge_parts(out, rows, pools, k, a.seed)
         print(f"{out}: {n} rows", file=sys.stderr)
     if world > 1:
         torch.distributed.destroy_process_group()

@@ -55,6 +55,16 @@ def test_prompt_choice_and_row_layout():
                                   "audios": [{"audio": "a.wav", "text": "hello"}]}
 
 
+def test_balanced_prompts_per_clip_upsample_small_corpora():
+    rows = [{"id": f"s{i}", "dataset": "big", "transcription": "x"} for i in range(40)]
+    rows += [{"id": f"t{i}", "dataset": "small", "transcription": " "} for i in range(10)]
+    rows += [{"id": f"u{i}", "dataset": "tiny", "transcription": " "} for i in range(2)]
+    ks = generate.balanced_k(rows, 2)
+    assert ks == {"big": 2, "small": 8, "tiny": 8}  # 40x2 = 80 rows; 10x8 = 80; 2x8 capped at 4k
+    pools = {"speech": [f"p{i}" for i in range(50)], "sound": [f"q{i}" for i in range(50)]}
+    assert len(generate.choose_prompts(rows[45], pools, ks, 0)) == 8
+
+
 def test_kill_and_resume_gives_the_uninterrupted_rows(random_backbones, tmp_path):
     rows = seed_manifest(tmp_path / "seeds.jsonl")
     llm = random_backbones / "llm"
