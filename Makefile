@@ -16,7 +16,7 @@ VALGEN  ?= --limit 160
 else
 DATA    ?= data
 LLM     ?= DeSTA-ntu/Llama-3.1-8B-Instruct
-SELFGEN ?= --k 4 --batch-size 64 --dtype bf16
+SELFGEN ?= --k 4 --balance --batch-size 64 --dtype bf16
 RECIPES ?= esc50 librispeech-train-clean-100 librispeech-dev-clean speech-commands crema-d vctk nsynth-test clotho
 endif
 SELFGEN_RUN = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC)) generate.py selfgen
