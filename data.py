@@ -2725,6 +2725,16 @@ def write_jsonl(path, rows) -> None:
     os.replace(tmp, path)
 
 
+def read_appended(path) -> list[dict]:
+    """The whole rows of an append log (JsonlAppender's file): a last line cut by a kill is left out,
+    as the appender cuts it on reopening; [] when there is no file yet. Reading changes nothing."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    text = path.read_text(encoding="utf-8")
+    return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines() if line.strip()]
+
+
 class JsonlAppender:
     """Append rows to a jsonl file as they finish; safe to kill at any moment and to reopen.
 
@@ -2743,7 +2753,7 @@ class JsonlAppender:
         self.f = open(self.path, "a", encoding="utf-8")
 
     def rows(self) -> list[dict]:
-        return read_jsonl(self.path)
+        return read_appended(self.path)
 
     def append(self, row: dict) -> None:
         self.f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -1970,19 +1970,9 @@ def run_prompts(bb, system, prompts, path, max_new_tokens=512, batch_size=16, ch
     return {i: done[i]["response"] for i in ids}, done, stats
 
 
-def saved_rows(path):
-    """The whole rows of a file JsonlAppender writes (a last line cut by a kill is left out, as the
-    appender cuts it on reopening); [] when there is no file yet."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    text = path.read_text(encoding="utf-8")
-    return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines() if line.strip()]
-
-
 def unanswered(path, prompts):
     """Prompts the predictions file does not answer yet."""
-    done = {r["id"] for r in saved_rows(path)}
+    done = {r["id"] for r in data.read_appended(path)}
     return [p for p in prompts if p.id not in done]
 
 
@@ -2158,7 +2148,7 @@ def main_ppl(args):
         raise ValueError(f"{args.data}: no rows")
     out, name = Path(args.out), f"ppl-{Path(args.data).stem}"
     path = out / f"{name}.predictions.jsonl"
-    done = {r["n"] for r in saved_rows(path)}
+    done = {r["n"] for r in data.read_appended(path)}
     llm_model = tok = None  # every row already scored: no model is loaded
     if any(n not in done for n in range(len(rows))):
         bb = load_backbones(llm=llm, need_asr=False, dtype=generate.DTYPES[args.dtype], device=args.device)

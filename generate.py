@@ -316,7 +316,7 @@ def self_generate(llm: desta.Llama, tok: desta.Tokenizer, seed_rows: list[dict],
     out = Path(out)
     pairs = [(row, p) for row in seed_rows for p in choose_prompts(row, pools, k, seed)]
     done = {(r["id"], r["prompt"]) for part in out.parent.glob(f"{out.name}.part*")
-            for r in data.JsonlAppender(part).rows()}
+            for r in data.read_appended(part)}
     mine = [(row, p) for i, (row, p) in enumerate(pairs) if i % world == rank and (row["id"], p) not in done]
     writer = data.JsonlAppender(part_path(out, rank))
     stats = dict(pairs=len(pairs), skipped=sum(i % world == rank for i in range(len(pairs))) - len(mine),
