@@ -86,6 +86,9 @@ def safetensors_index(folder) -> dict[str, Path]:
         return {name: single for name in f.keys()}
 
 
+DERIVED_BUFFERS = (".rotary_emb.inv_freq",)
+
+
 @torch.no_grad()
 def load_weights(module: nn.Module, folder, key_of=lambda name: name, ignore=(), tied=()) -> None:
     """Copy checkpoint tensors into `module`, tensor by tensor (so an 8B model never needs 2 copies).
@@ -100,7 +103,9 @@ def load_weights(module: nn.Module, folder, key_of=lambda name: name, ignore=(),
     missing = sorted(k for k in wanted if k not in where)
     if missing:
         raise CheckpointError(f"{folder}: missing tensor(s) {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-    unexpected = sorted(k for k in where if k not in wanted and not k.startswith(tuple(ignore)))
+    # some checkpoints also store buffers that are derived from the config (RoPE's inv_freq): never needed
+    unexpected = sorted(k for k in where if k not in wanted and not k.startswith(tuple(ignore))
+                        and not k.endswith(DERIVED_BUFFERS))
     if unexpected:
         raise CheckpointError(f"{folder}: unexpected tensor(s) {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
     by_file: dict[Path, list[str]] = {}
@@ -607,7 +612,6 @@ class Llama(nn.Module):
                      key_of=lambda n: n if n.startswith("lm_head.") else "model." + n,
                      ignore=("lm_head.",) if cfg.tie_embeddings else (),
                      tied=("lm_head.weight",) if cfg.tie_embeddings else ())
-        # old checkpoints may carry rotary_emb.inv_freq buffers: derived, so never needed
         return model.eval()
 
 

@@ -155,6 +155,10 @@ def test_missing_unexpected_misshaped_tensors(tmp_path):
     with pytest.raises(desta.CheckpointError, match=r"missing tensor.*layers\.1\.mlp\.up_proj"):
         desta.Llama.from_pretrained(tmp_path)
 
+    # a derived RoPE buffer that older checkpoints carry is accepted (and unused)
+    save_file(dict(good, **{"model.layers.0.self_attn.rotary_emb.inv_freq": torch.zeros(8)}), path)
+    desta.Llama.from_pretrained(tmp_path)
+
     state = dict(good, **{"model.layers.0.mlp.extra.weight": torch.zeros(2)})
     save_file(state, path)
     with pytest.raises(desta.CheckpointError, match="unexpected tensor.*extra"):
