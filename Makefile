@@ -22,7 +22,21 @@ RECIPES ?= esc50 librispeech-train-clean-100 librispeech-dev-clean speech-comman
 endif
 SELFGEN_RUN = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC)) generate.py selfgen
 
-.PHONY: setup setup-test test data bench bench-gpu clean
+# make demo: the whole method on the tiny preset, sized for 2 CPU cores (README "Demo"). Every step resumes.
+DEMO        ?= runs/demo
+DEMO_SEEDS   = data_tiny/seed_manifest.jsonl
+DEMO_TARGETS ?= --k 1 --max-new-tokens 48 --batch-size 32
+DEMO_ROWS   ?= 1000
+DEMO_TRAIN  ?= --epochs=1 --eval_every=20 --eval_batches=4 --eval_samples=2 --save_every=10 --keep_last=2
+DEMO_EVAL   ?= --limit 90 --max-new-tokens 128
+demo_run = $(PY) generate.py selfgen --seeds $(DEMO_SEEDS) --llm $(LLM) --split train --out $(1)/train.jsonl \
+	--limit $(DEMO_ROWS) $(DEMO_TARGETS) $(2) && \
+	$(PY) train.py --out_dir=$(1)/train --train_manifest=$(1)/train.jsonl --val_manifest=$(DEMO)/validation.jsonl \
+	$(DEMO_TRAIN) && \
+	$(PY) evaluate.py --benchmark tiny --data $(DEMO_SEEDS) --checkpoint "$$(ls -d $(1)/train/ckpt-* | tail -n 1)" \
+	--out $(1)/eval $(DEMO_EVAL) $(3)
+
+.PHONY: setup setup-test test data demo study bench bench-gpu clean
 
 $(VENV)/.runtime: requirements.txt requirements-tiny.txt
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +65,23 @@ endif
 	$(SELFGEN_RUN) --seeds $(DATA)/seed_manifest.jsonl --llm $(LLM) --split train --out $(DATA)/train.jsonl $(SELFGEN)
 	$(SELFGEN_RUN) --seeds $(DATA)/seed_manifest.jsonl --llm $(LLM) --split validation --out $(DATA)/validation.jsonl $(SELFGEN) $(VALGEN)
 	$(PY) data.py summary $(DATA)/seed_manifest.jsonl $(DATA)/train.jsonl $(DATA)/validation.jsonl
+
+demo: setup                    ## tiny preset end to end: corpus -> SmolLM2's own targets -> training -> test table + loss plot
+	$(PY) data.py weights --preset tiny
+	$(PY) data.py corpus --root data_tiny
+	$(PY) generate.py selfgen --seeds $(DEMO_SEEDS) --llm $(LLM) --split validation --out $(DEMO)/validation.jsonl \
+		--limit 48 $(DEMO_TARGETS)
+	$(call demo_run,$(DEMO),,)
+	$(PY) evaluate.py --benchmark report --data $(DEMO) --out $(DEMO)
+	@echo "results: $(DEMO)/results.md and $(DEMO)/loss.png"
+
+study: demo                    ## comparison study: the same training on templated targets (paper Table III idea)
+	$(call demo_run,$(DEMO)-template,--source template,--systems desta)
+	$(PY) evaluate.py --benchmark ppl --data $(DEMO)/train.jsonl --llm $(LLM) --out $(DEMO)/eval
+	$(PY) evaluate.py --benchmark ppl --data $(DEMO)-template/train.jsonl --llm $(LLM) --out $(DEMO)-template/eval
+	$(PY) evaluate.py --benchmark report --data $(DEMO),$(DEMO)-template --model-name self-generated,templated \
+		--out $(DEMO)-study
+	@echo "results: $(DEMO)-study/results.md"
 
 bench: setup-test              ## speed table on this machine (bench/results.md)
 	$(PY) data.py weights --preset tiny

@@ -1746,6 +1746,37 @@ def seed_description(segments, attributes):
         return "\n".join(lines)
     return "\n".join(lines + [clip_line])
 
+
+DESCRIPTION_LINE = re.compile(r"^\[(\d+:\d\d)-(\d+:\d\d)\]\s*(.*?)\s*(?:\((.*)\))?$")
+
+
+def templated_answer(seed_description: str) -> str:
+    """A target that does not come from the backbone: the seed description restated by a fixed template,
+    whatever the prompt asked (the comparison study, paper Table III: targets from another source).
+
+    '[00:00-00:04] Go now. (Gender: Male, Pitch: Low)' -> 'From 00:00 to 00:04: someone says "Go now."
+    The gender is Male and the pitch is Low.'
+    """
+    sentences = []
+    for line in seed_description.splitlines():
+        m = DESCRIPTION_LINE.match(line.strip())
+        if m is None:
+            raise ValueError(f"not a seed-description line: {line!r}")
+        start, end, text, attrs = m.groups()
+        head = f"From {start} to {end}:"
+        sentences.append(f'{head} someone says "{text}"' if text else head)
+        said = []
+        for item in (attrs or "").split(", "):
+            if ": " in item:  # "Gender: Male" -> "the gender is Male"
+                k, v = item.split(": ", 1)
+                said.append(f"the {k.lower()} is {v}")
+            elif item:        # a bare caption: "(A dog barks)"
+                said.append(item)
+        if said:
+            listed = said[0] if len(said) == 1 else ", ".join(said[:-1]) + " and " + said[-1]
+            sentences.append(listed[0].upper() + listed[1:] + ".")
+    return " ".join(sentences)
+
 # ---------------------------------------------------------------------------------------------
 # measurements (also used by the tests to check that the audio has the attributes it claims)
 

@@ -456,6 +456,9 @@ def main_selfgen(argv):
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     ap.add_argument("--limit", type=int, default=None, help="only N seed rows, evenly spread over the manifest")
     ap.add_argument("--compile", action="store_true", help="torch.compile the decode step (pays off on long jobs)")
+    ap.add_argument("--source", choices=("backbone", "template"), default="backbone",
+                    help="who writes the targets: the backbone LLM (the method), or a fixed template that restates "
+                    "the seed description whatever the prompt (the comparison study; no LLM runs)")
     a = ap.parse_args(argv)
     out = Path(a.out)
     rank, world = dist_setup()
@@ -468,6 +471,12 @@ def main_selfgen(argv):
         pools = {"speech": [a.fixed_prompt], "sound": [a.fixed_prompt]}
     else:
         pools = {"speech": data.load_prompts(a.speech_prompts), "sound": data.load_prompts(a.sound_prompts)}
+    if a.source == "template":  # same (clip, prompt) pairs as the backbone would get; instant
+        written = [training_row(r, p, data.templated_answer(r["seed_description"]))
+                   for r in rows for p in choose_prompts(r, pools, k, a.seed)]
+        data.write_jsonl(out, written)
+        print(f"{out}: {len(written)} templated rows", file=sys.stderr)
+        return
     if out.is_file() and not list(out.parent.glob(f"{out.name}.part*")):
         have = {(r["id"], r["prompt"]) for r in data.read_jsonl(out)}
         if all((r["id"], p) in have for r in rows for p in choose_prompts(r, pools, k, a.seed)):

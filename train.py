@@ -46,10 +46,12 @@ class TrainConfig:
     val_manifest: str = "data_tiny/validation.jsonl"
     data_root: str = "data_tiny"
     out_dir: str = "runs/tiny"
-    # adapter (SPEC 4); taps default to every quarter of the encoder
+    # adapter (SPEC 4)
     qformer_layers: int = 2
     qformer_ffn_dim: int = 3072
     prompt_size: int = 64
+    taps: str = ""                # encoder layers the Q-Former reads, e.g. "1,3"; "" = every quarter of the encoder
+    mask_audio_padding: bool = False  # Q-Former reads only the clip's frames, not the 30 s padding (DeSTAConfig)
     # optimisation (SPEC 8)
     lr: float = 1e-4
     betas: tuple = (0.9, 0.98)
@@ -88,8 +90,10 @@ class TrainConfig:
 
 
 PRESETS = {
-    # small model, small data, one CPU: a short warmup and a higher learning rate
-    "tiny": dict(lr=5e-4, warmup_steps=30, epochs=3, batch_size=8, global_batch=16, num_workers=1,
+    # small model, small data, one CPU: a short warmup and a higher learning rate; 32 queries on 2 taps
+    # (1.56x the samples/s of 64 on all 4) reading only the clip's frames (DeSTAConfig.mask_audio_padding)
+    "tiny": dict(lr=1e-3, warmup_steps=10, epochs=3, batch_size=8, global_batch=16, num_workers=1,
+                 prompt_size=32, taps="1,3", mask_audio_padding=True,
                  eval_every=100, eval_max_new_tokens=48, save_every=100),
     "desta25": dict(llm="DeSTA-ntu/Llama-3.1-8B-Instruct", encoder="openai/whisper-large-v3",
                     train_manifest="data/train.jsonl", val_manifest="data/validation.jsonl", data_root="data",
@@ -256,7 +260,9 @@ def main(argv: list[str] | None = None) -> dict:
              "fp32": torch.float32}[cfg.dtype]
     mcfg = desta.DeSTAConfig(llm_model_id=cfg.llm, encoder_model_id=cfg.encoder,
                              qformer_num_hidden_layers=cfg.qformer_layers, prompt_size=cfg.prompt_size,
-                             qformer_ffn_dim=cfg.qformer_ffn_dim, use_lora=cfg.lora)
+                             qformer_ffn_dim=cfg.qformer_ffn_dim, use_lora=cfg.lora,
+                             mask_audio_padding=cfg.mask_audio_padding,
+                             target_layer_ids=[int(t) for t in cfg.taps.split(",")] if cfg.taps else None)
     model = desta.DeSTA.from_config(mcfg, dtype=dtype, device=device)
     model.llm.checkpoint_layers = cfg.checkpoint_layers
     if cfg.compile:

@@ -10,11 +10,17 @@ make bench: one speed table from one run on this machine (CPU), tiny preset weig
            WhisperFeatureExtractor (the reference front end)
   train    tiny-preset training step (Whisper tiny.en + 2-layer Q-Former + SmolLM2): samples/s,
            tokens/s and where the time goes (Whisper, adapter, LLM forward, backward, optimizer)
-Timings are wall clock, best of a few repeats, after a warm-up; figures go to bench/results.md too.
+Timings are wall clock, best of a few repeats, after a warm-up. Peak memory is the most the process's
+resident memory (RSS) rose above its level just before that measurement (warm-up and repeats included),
+or the CUDA allocator's peak where the work allocated on a GPU. A full run writes bench/results.md;
+--quick and --only runs only print, so they never overwrite the committed table.
 """
 import argparse
+import datetime
+import os
 import platform
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,10 +36,53 @@ WEIGHTS = ROOT / "weights"
 SMOL = WEIGHTS / "HuggingFaceTB" / "SmolLM2-135M-Instruct"
 WHISPER = WEIGHTS / "openai" / "whisper-tiny.en"
 ROWS: list[str] = []
+STATM = Path("/proc/self/statm")
+COLUMNS = "| what | speed | peak memory | notes |\n|---|---:|---:|---|"
 
 
-def report(name, value, unit, note=""):
-    line = f"| {name} | {value:,.1f} {unit} | {note} |"
+def rss():
+    """Resident bytes now: statm's second field is resident pages."""
+    return int(STATM.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """with PeakMemory() as m: ... ; m.text = peak increase over the level at entry, e.g. "123 MiB".
+    ru_maxrss is a lifetime high-water mark and can't isolate one block, so a daemon thread samples RSS
+    every 5 ms instead (torch ops release the GIL, so it keeps sampling while they run)."""
+
+    def __enter__(self):
+        self.text, self.cuda_base = "-", 0
+        # only a CUDA context that exists already: creating one here would itself add to the RSS measured
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.cuda_base = torch.cuda.memory_allocated()
+        if STATM.exists():
+            self.base = self.peak = rss()
+            self.done = threading.Event()
+            self.thread = threading.Thread(target=self._sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def _sample(self):
+        while not self.done.wait(0.005):
+            self.peak = max(self.peak, rss())
+
+    def __exit__(self, *exc):
+        if STATM.exists():
+            self.done.set()
+            self.thread.join()
+            self.peak = max(self.peak, rss())
+            self.text = f"{(self.peak - self.base) / 2**20:,.0f} MiB"
+        if torch.cuda.is_available() and torch.cuda.is_initialized():  # the GPU figure where the block used one
+            torch.cuda.synchronize()
+            gpu = torch.cuda.max_memory_allocated() - self.cuda_base
+            if gpu > 0:
+                self.text = f"{gpu / 2**20:,.0f} MiB CUDA"
+
+
+def report(name, value, unit, note="", mem=None):
+    line = f"| {name} | {value:,.1f} {unit} | {mem.text if mem else '-'} | {note} |"
     ROWS.append(line)
     print(line, flush=True)
 
@@ -61,19 +110,20 @@ def bench_gen(quick):
     new = 32 if quick else 128
     for batch in (16, 1):
         prompts = chat_prompts(tok, batch)
-        ours_t, ours = best_of(lambda: generate.generate(llm, prompts, max_new_tokens=new, batch_size=batch))
+        with PeakMemory() as ours_mem:
+            ours_t, ours = best_of(lambda: generate.generate(llm, prompts, max_new_tokens=new, batch_size=batch))
         T = max(map(len, prompts))
         ids = torch.tensor([[tok.pad_id] * (T - len(p)) + p for p in prompts])
         mask = (torch.arange(T)[None] >= torch.tensor([T - len(p) for p in prompts])[:, None]).long()
-        with torch.no_grad():
+        with torch.no_grad(), PeakMemory() as hf_mem:
             hf_t, hf = best_of(lambda: ref.generate(ids, attention_mask=mask, max_new_tokens=new, do_sample=False,
                                                     min_new_tokens=new, pad_token_id=tok.pad_id))
         n_ours = sum(map(len, ours))
         same = sum(o == h[:len(o)] for o, h in zip(ours, hf[:, T:].tolist()))
         report(f"generate, batch {batch}, ~{len(prompts[0])} prompt + {new} new tokens: ours", n_ours / ours_t, "tok/s",
-               f"{same}/{batch} sequences identical to transformers")
+               f"{same}/{batch} sequences identical to transformers", ours_mem)
         report(f"generate, batch {batch}: transformers generate", batch * new / hf_t, "tok/s",
-               f"ours is {n_ours / ours_t / (batch * new / hf_t):.2f}x")
+               f"ours is {n_ours / ours_t / (batch * new / hf_t):.2f}x", hf_mem)
 
 
 def bench_selfgen(quick):
@@ -87,11 +137,12 @@ def bench_selfgen(quick):
     caps = [rng.choice([8, 12, 16, 24, 32, 48, 96, 128]) for _ in range(n)]
     for continuous in (True, False):
         eng = generate.Engine(llm, batch_size=16, max_len=max(map(len, prompts)) + 128)
-        dt, out = best_of(lambda: eng.run(prompts, generate.Sampling(128), continuous=continuous, max_new=caps), 1)
+        with PeakMemory() as mem:
+            dt, out = best_of(lambda: eng.run(prompts, generate.Sampling(128), continuous=continuous, max_new=caps), 1)
         llm.drop_cache()
         assert sum(map(len, out)) == sum(caps)
         report(f"self-generation {n} rows, skewed lengths, {'continuous' if continuous else 'static'} batching",
-               sum(caps) / dt, "tok/s", f"{n / dt:.2f} rows/s")
+               sum(caps) / dt, "tok/s", f"{n / dt:.2f} rows/s", mem)
 
 
 def bench_mel(quick):
@@ -100,12 +151,14 @@ def bench_mel(quick):
     n = 8 if quick else 32
     audio = np.random.default_rng(0).standard_normal((n, 480000)).astype(np.float32) * 0.1
     fe = transformers.WhisperFeatureExtractor(feature_size=80)
-    ours_t, ours = best_of(lambda: data.log_mel_spectrogram(audio, 80))
-    ref_t, ref = best_of(lambda: fe(list(audio), sampling_rate=16000, return_tensors="np")["input_features"])
+    with PeakMemory() as ours_mem:
+        ours_t, ours = best_of(lambda: data.log_mel_spectrogram(audio, 80))
+    with PeakMemory() as ref_mem:
+        ref_t, ref = best_of(lambda: fe(list(audio), sampling_rate=16000, return_tensors="np")["input_features"])
     err = float(np.abs(ours.numpy() - ref).max())
-    report(f"log-mel, {n} x 30 s: data.log_mel_spectrogram", n * 30 / ours_t, "s audio / s", f"max abs diff {err:.1e}")
+    report(f"log-mel, {n} x 30 s: data.log_mel_spectrogram", n * 30 / ours_t, "s audio / s", f"max abs diff {err:.1e}", ours_mem)
     report(f"log-mel, {n} x 30 s: transformers WhisperFeatureExtractor", n * 30 / ref_t, "s audio / s",
-           f"ours is {ref_t / ours_t:.1f}x")
+           f"ours is {ref_t / ours_t:.1f}x", ref_mem)
 
 
 def bench_train(quick):
@@ -139,11 +192,12 @@ def bench_train(quick):
                         (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
             parts[k] = v
 
-    step()
-    dt, _ = best_of(step)
+    with PeakMemory() as mem:  # the warm-up step included: it allocates the AdamW state and the grads
+        step()
+        dt, _ = best_of(step)
     tokens = int(batch.attn_mask.sum())
     report(f"train step, tiny preset, batch {B} x {batch.input_ids.shape[1]} tokens", B / dt, "samples/s",
-           f"{tokens / dt:,.0f} tokens/s; " + ", ".join(f"{k} {100 * v / dt:.0f}%" for k, v in parts.items()))
+           f"{tokens / dt:,.0f} tokens/s; " + ", ".join(f"{k} {100 * v / dt:.0f}%" for k, v in parts.items()), mem)
 
 
 def main():
@@ -153,13 +207,19 @@ def main():
     a = ap.parse_args()
     if not SMOL.is_dir():
         sys.exit("run `python data.py weights --preset tiny` first (make bench does)")
-    head = (f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-            f"torch {torch.__version__}")
-    print(head + "\n\n| what | speed | notes |\n|---|---:|---|")
+    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
+    cpu = ", ".join([f"{os.cpu_count()} cores", "avx512" if "avx512f" in flags else "no avx512",
+                     "AMX" if "amx_tile" in flags else "no AMX"])
+    cmd = " ".join(["python bench/bench.py"] + sys.argv[1:])
+    head = (f"machine: {platform.processor() or platform.machine()} ({cpu}), {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}; `{cmd}`, {datetime.date.today()}")
+    print(head + "\n\n" + COLUMNS)
     for name in a.only.split(","):
         globals()[f"bench_{name}"](a.quick)
-    (ROOT / "bench" / "results.md").write_text(head + "\n\n| what | speed | notes |\n|---|---:|---|\n"
-                                               + "\n".join(ROWS) + "\n")
+    if a.quick or a.only != ap.get_default("only"):  # partial tables must not replace the committed one
+        print("\n(--quick/--only run: bench/results.md left as it is)")
+        return
+    (ROOT / "bench" / "results.md").write_text(head + "\n\n" + COLUMNS + "\n" + "\n".join(ROWS) + "\n")
 
 
 if __name__ == "__main__":

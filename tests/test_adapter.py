@@ -394,3 +394,35 @@ def test_initialisation():
             assert torch.equal(v, torch.ones_like(v)), k
         if k.endswith("LayerNorm.bias") or k == "proj.0.bias":
             assert torch.equal(v, torch.zeros_like(v)), k
+
+
+def test_frame_mask_reads_only_the_clip():
+    """mask_audio_padding (tiny preset): frames past a clip's end change nothing, the crop to the longest
+    clip equals masking all frames, and each clip alone equals the batch."""
+    cfg, model = small_model(seed=5)
+    model.eval()
+    taps = make_taps(cfg, batch=3)
+    mask = torch.arange(SEQ)[None] < torch.tensor([[12], [30], [7]])
+    with torch.no_grad():
+        out = model(taps, mask)
+        noisy = [t.clone() for t in taps]
+        for t in noisy:
+            t[0, 12:] += 5.0
+            t[2, 7:] -= 3.0
+        assert max_err(model(noisy, mask), out) <= PARITY_TOL  # padding content is never read
+        for i, n in enumerate((12, 30, 7)):
+            alone = model([t[i:i + 1, :n] for t in taps])       # the clip's frames only, no mask at all
+            assert max_err(out[i:i + 1], alone) <= PARITY_TOL
+        assert max_err(model(taps), out) > 1e-3                 # and without the mask it differs
+
+
+def test_audio_frame_mask_from_log_mel():
+    import numpy as np
+    import data
+
+    rng = np.random.default_rng(0)
+    clips = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (16000 * 3, 16000 * 30, 0)]
+    mel = torch.stack([data.log_mel_spectrogram(torch.as_tensor(data.pad_or_trim(c))) for c in clips])
+    used = desta.audio_frame_mask(mel, 1500).sum(1).tolist()
+    assert abs(used[0] - 150) <= 1 and used[1] == 1500 and used[2] == 1  # 3 s = 150 frames; silence keeps one
+    assert desta.DeSTAConfig().mask_audio_padding is False               # the released model reads everything

@@ -150,6 +150,19 @@ def test_official_layout_round_trip(backbones, tmp_path):
         assert model(mel, b).item() == loaded(mel, b).item()
 
 
+def test_padding_mask_is_saved_and_changes_the_vectors(backbones, tmp_path):
+    model = make_model(backbones, mask_audio_padding=True, target_layer_ids=[1, 3])
+    model.save_pretrained(tmp_path)
+    loaded = desta.DeSTA.from_pretrained(tmp_path).eval()
+    assert loaded.cfg.mask_audio_padding is True and loaded.taps == [1, 3]
+    mel = torch.full((1, 80, 3000), -0.5)
+    mel[:, :, :400] = torch.rand(1, 80, 400)                       # 4 s of sound above the floor, then padding
+    with torch.no_grad():
+        masked = loaded.encode_audio(mel)
+        loaded.cfg.mask_audio_padding = False
+        assert (loaded.encode_audio(mel) - masked).abs().max() > 1e-3
+
+
 def test_adapter_checkpoint_errors(backbones, tmp_path):
     model = make_model(backbones)
     model.save_pretrained(tmp_path)

@@ -640,15 +640,23 @@ def test_tiny_questions_from_the_manifest(tmp_path):
     assert E.load_tiny(manifest, seed=1) != rows
     # the text reference reads exactly what the backbone read when it wrote the targets
     import generate
-    p = E.tiny_prompt(by_id["audio/speech/000000.wav#Gender"])
+    g = by_id["audio/speech/000000.wav#Gender"]
+    p = E.tiny_prompt(g, "generate")
     assert p.user == 'What is the speaker\'s gender? Choose from the following options: ' + \
-        " or ".join(f'"{c}"' for c in by_id["audio/speech/000000.wav#Gender"]["choices"])
-    assert p.system == E.SYSTEM_MMAU and p.max_new_tokens == E.TINY_MCQ_MAX_NEW_TOKENS
+        " or ".join(f'"{c}"' for c in g["choices"])
+    assert p.system == E.SYSTEM_MMAU and p.max_new_tokens == E.TINY_MCQ_MAX_NEW_TOKENS and p.options is None
     assert E.text_messages(p, p.texts) == generate.backbone_messages(p.texts[0], p.user, p.system)
+    p = E.tiny_prompt(g)  # by likelihood (the default): the question alone, "Gender: <option>" scored
+    assert (p.user, p.system, p.options, p.reply_prefix) == ("What is the speaker's gender?", E.SYSTEM_MCQ,
+                                                             g["choices"], "Gender: ")
+    # --limit takes clips in turn from each dataset: 3 clips = one speech, one sound, one music
+    assert [r["clip"] for r in E.load_tiny(manifest, limit=3) if r["kind"] == "if"] == [
+        "audio/speech/000000.wav", "audio/sound/000000.wav", "audio/music/000000.wav"]
     # a perfect answer scores 100, chance is 1 / options
     s = E.score_tiny(rows, {r["id"]: f'The correct answer is: "{r["answer"]}"' for r in mcq}).scores
     assert all(a["acc"] == 100.0 for a in s["attributes"].values())
     assert s["attributes"]["Accent"]["chance"] == pytest.approx(100 / 7)
+    assert s["attributes"]["Volume"]["majority"] == 50.0  # Quiet twice, Normal once, Loud once
     assert s["instruction_following"]["rate"] == 0.0 and s["no_prediction"] == 4
 
 
@@ -683,9 +691,9 @@ def test_tiny_end_to_end_references_and_resume(tmp_path, tiny_desta):
         assert report["run"][s] | {"seconds": 0} == {"system": s, "prompts": 22, "resumed": 0, "generated": 22,
                                                      "seconds": 0}
     table = (out / "tiny.md").read_text().splitlines()
-    assert table[0] == "| Attribute | n | chance | DeSTA | Text-only (description) | Cascade (ASR) |"
+    assert table[0] == "| Attribute | n | chance | majority | DeSTA | Text-only (description) | Cascade (ASR) |"
     assert len(table) == 2 + len(E.TINY_ATTRIBUTES) + 2
-    assert table[2].startswith("| Gender | 1 | 50.00 | ")
+    assert table[2].startswith("| Gender | 1 | 50.00 | 100.00 | ")
     assert table[-1].startswith("| Instruction following | 4 | - | ")
     assert all("| - |" not in line for line in table[2:-1])  # every cell filled
 
@@ -704,15 +712,24 @@ def test_tiny_end_to_end_references_and_resume(tmp_path, tiny_desta):
     rows = {r["id"]: r for r in E.load_tiny(manifest)}
     model = desta.DeSTA.from_pretrained(tiny_desta / "ckpt").eval()
     tok = model.tokenizer
-    for rid in ("audio/speech/000000.wav#Gender", "audio/music/000000.wav#if"):
-        p = E.tiny_prompt(rows[rid])
-        ids = tok.apply_chat_template(generate.backbone_messages(p.texts[0], p.user, p.system))
-        alone = generate.generate(model.llm, [ids], 6, stop_ids=tok.stop_ids)[0]
-        assert by_id["text"][rid]["response"] == tok.decode(alone, skip_special=True).strip()
-        mel = data.log_mel_spectrogram(data.load_audio(p.audios[0]))[None]
-        text = generate.answer(model, mel, [p.user], by_id["desta"][rid]["audio_texts"],
-                               generate.Sampling(max_new_tokens=6), system=p.system)[0]
-        assert by_id["desta"][rid]["response"] == text
+    rid = "audio/music/000000.wav#if"
+    p = E.tiny_prompt(rows[rid])
+    ids = tok.apply_chat_template(generate.backbone_messages(p.texts[0], p.user, p.system))
+    alone = generate.generate(model.llm, [ids], 6, stop_ids=tok.stop_ids)[0]
+    assert by_id["text"][rid]["response"] == tok.decode(alone, skip_special=True).strip()
+    mel = data.log_mel_spectrogram(data.load_audio(p.audios[0]))[None]
+    text = generate.answer(model, mel, [p.user], by_id["desta"][rid]["audio_texts"],
+                           generate.Sampling(max_new_tokens=6), system=p.system)[0]
+    assert by_id["desta"][rid]["response"] == text
+    # multiple choice: each option's log-probability equals the full sequence scored alone, no cache
+    rid = "audio/speech/000000.wav#Accent"
+    p = E.tiny_prompt(rows[rid])
+    ids = tok.apply_chat_template(generate.backbone_messages(p.texts[0], p.user, p.system))
+    options = [tok.encode(p.reply_prefix + o) for o in p.options]
+    hand = [-nll for nll, _ in E.target_nll(model.llm, [ids] * len(options), options, tok.pad_id)]
+    got = by_id["text"][rid]["option_logprobs"]
+    assert list(got) == p.options and max(abs(a - b) for a, b in zip(got.values(), hand)) < 1e-4
+    assert by_id["text"][rid]["response"] == p.options[max(range(len(hand)), key=hand.__getitem__)]
 
     # resume: a second run generates nothing and leaves the files as they were; with every answer there it
     # loads no model (the checkpoint may be gone: predictions are re-scored offline)
@@ -727,6 +744,29 @@ def test_tiny_end_to_end_references_and_resume(tmp_path, tiny_desta):
     third = tiny_cli(manifest, tiny_desta / "ckpt", out)
     assert [third["run"][s]["generated"] for s in systems] == [3, 0, 0]
     assert (out / "tiny.desta.predictions.jsonl").read_text() == before["desta"]
+
+
+def test_option_logprobs_share_the_prefix_exactly(tiny_desta):
+    """The cached scorer (prefix once, copied to every row, right-padded suffixes) equals scoring every
+    (context, option) sequence alone; with a shared prefix, none, and one question."""
+    import torch
+    import desta
+
+    llm = desta.Llama.from_pretrained(tiny_desta / "llm")
+    g = torch.Generator().manual_seed(0)
+    ids = lambda n: torch.randint(0, 1000, (n,), generator=g).tolist()
+    prefix = ids(9)
+    cases = [[prefix + ids(1), prefix + ids(4), prefix + ids(7)],    # one clip's questions
+             [ids(3), ids(5)],                                         # nothing shared (first tokens differ)
+             [prefix + ids(2)]]
+    cases[1][1][0] = (cases[1][0][0] + 1) % 1000
+    for contexts in cases:
+        options = [[ids(1 + (i + j) % 3) for j in range(2 + i)] for i in range(len(contexts))]
+        got = E.option_logprobs(llm, [llm.embed_tokens(torch.tensor(c)) for c in contexts], options)
+        for c, opts, lps in zip(contexts, options, got):
+            hand = [-nll for nll, _ in E.target_nll(llm, [c] * len(opts), opts)]
+            assert len(lps) == len(opts) and max(abs(a - b) for a, b in zip(lps, hand)) < 1e-4
+    assert all(layer.self_attn.kv_cache is None for layer in llm.layers)  # the cache is dropped after
 
 
 def test_system_text_needs_text_stand_ins(tmp_path, tiny_desta):

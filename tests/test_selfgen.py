@@ -115,3 +115,32 @@ def test_bad_seed_rows_are_named(tmp_path, bad):
     r = run([sys.executable, "generate.py", "selfgen", "--seeds", str(tmp_path / "seeds.jsonl"), "--llm", "x",
              "--out", str(tmp_path / "o.jsonl")])
     assert r.returncode != 0 and "seeds.jsonl:2" in r.stderr
+
+
+def test_templated_targets_same_pairs_no_llm(tmp_path):
+    """--source template (the comparison study): the (clip, prompt) pairs the backbone would get, each
+    answered by the fixed template; no model is loaded (the --llm folder need not exist)."""
+    rows = seed_manifest(tmp_path / "seeds.jsonl", n=6)
+    out = tmp_path / "template.jsonl"
+    r = run(selfgen_cmd(tmp_path / "no-llm", tmp_path / "seeds.jsonl", out, "--source", "template"))
+    assert r.returncode == 0, r.stderr
+    got = data.read_jsonl(out)
+    pools = {"speech": data.load_prompts(generate.PROMPT_POOLS["speech"]),
+             "sound": data.load_prompts(generate.PROMPT_POOLS["sound"])}
+    assert [(g["id"], g["prompt"]) for g in got] == [(s["id"], p) for s in rows for p in generate.choose_prompts(s, pools, 2, 42)]
+    answers = {g["id"]: g["response"] for g in got}  # the same answer for both prompts of a clip
+    assert answers["audio/001.wav"] == 'From 00:00 to 00:02: someone says "Sentence number 1." The gender is Female.'
+    assert answers["audio/000.wav"] == "From 00:00 to 00:02: The sound is Beep 0 and the duration is 2s."
+    assert len({g["response"] for g in got if g["id"] == "audio/000.wav"}) == 1
+
+
+def test_templated_answer_golden():
+    two = ("[00:00-00:01] Hi. (Gender: Male)\n[00:01-00:02] Bye. (Gender: Female, Accent: Scottish)\n"
+           "[00:00-00:02] (Speakers: 2, Background: Mains hum (50 Hz), SNR: 10 dB)")
+    assert data.templated_answer(two) == (
+        'From 00:00 to 00:01: someone says "Hi." The gender is Male. From 00:01 to 00:02: someone says "Bye." '
+        "The gender is Female and the accent is Scottish. From 00:00 to 00:02: The speakers is 2, the background "
+        "is Mains hum (50 Hz) and the snr is 10 dB.")
+    assert data.templated_answer("[00:00-00:03] (A dog barks)") == "From 00:00 to 00:03: A dog barks."
+    with pytest.raises(ValueError, match="not a seed-description line: 'no timestamp'"):
+        data.templated_answer("no timestamp")
