@@ -77,8 +77,9 @@ demo: setup                    ## tiny preset end to end: corpus -> SmolLM2's ow
 
 study: demo                    ## comparison study: the same training on templated targets (paper Table III idea)
 	$(call demo_run,$(DEMO)-template,--source template,--systems desta)
-	$(PY) evaluate.py --benchmark ppl --data $(DEMO)/train.jsonl --llm $(LLM) --out $(DEMO)/eval
-	$(PY) evaluate.py --benchmark ppl --data $(DEMO)-template/train.jsonl --llm $(LLM) --out $(DEMO)-template/eval
+	$(PY) evaluate.py --benchmark ppl --data $(DEMO)/train.jsonl --llm $(LLM) --out $(DEMO)/eval --limit 300
+	$(PY) evaluate.py --benchmark ppl --data $(DEMO)-template/train.jsonl --llm $(LLM) --out $(DEMO)-template/eval \
+		--limit 300
 	$(PY) evaluate.py --benchmark report --data $(DEMO),$(DEMO)-template --model-name self-generated,templated \
 		--out $(DEMO)-study
 	@echo "results: $(DEMO)-study/results.md"

@@ -2355,7 +2355,9 @@ def main_ppl(args):
                        if args.checkpoint else None)
     if llm is None:
         raise ValueError("--benchmark ppl needs the backbone: --llm DIR (or a --checkpoint whose config names it)")
-    rows = data.read_jsonl(args.data)[:args.limit]
+    rows = data.read_jsonl(args.data)
+    if args.limit is not None and args.limit < len(rows):  # evenly spread, so every corpus keeps its share
+        rows = [rows[i * len(rows) // args.limit] for i in range(args.limit)]
     if not rows:
         raise ValueError(f"{args.data}: no rows")
     out, name = Path(args.out), f"ppl-{Path(args.data).stem}"
@@ -2392,7 +2394,8 @@ def main(argv=None):
     p.add_argument("--predictions", help="score only: jsonl of {id, response} (or a json list with model_output / "
                    "model_prediction); default: responses already in the data rows")
     p.add_argument("--subset", help="VoiceBench subset: " + ", ".join(VOICEBENCH_RULE_SUBSETS))
-    p.add_argument("--limit", type=int, help="only the first N rows (tiny: N clips, in turn from each dataset)")
+    p.add_argument("--limit", type=int, help="only the first N rows (tiny: N clips, in turn from each dataset; "
+                   "ppl: N rows evenly spread over the manifest)")
     p.add_argument("--out", default="out/eval", help="folder for predictions, scores and the table")
     p.add_argument("--model-name", help="row label in the markdown table")
     p.add_argument("--judge", action="store_true", help=f"use the LLM judge configured by {JUDGE_ENV_BASE_URL}")

@@ -873,3 +873,35 @@ def test_benchmark_runs_desta_and_cascade_with_two_audio_prompts(tmp_path, tiny_
     for k, start in enumerate(b.audio_starts.tolist()):
         assert torch.allclose(alone[start:start + 4], vecs[k], atol=1e-6)
     assert not torch.allclose(vecs[0], vecs[1])
+
+
+def test_report_table_and_loss_plot(tmp_path):
+    """evaluate.py --benchmark report: the first run's attribute table, one comparison row per run (+ the
+    bare backbone's), a PNG loss plot; a resumed log's repeated steps count once; a missing run is named."""
+    pytest.importorskip("matplotlib")
+    scores = {"attributes": {"Gender": {"acc": 80.0, "n": 10, "chance": 50.0, "majority": 60.0},
+                             "Background": {"acc": 40.0, "n": 5, "chance": 100 / 6, "majority": 20.0}},
+              "mcq": {"acc": 60.0, "acc_pooled": 66.7, "chance": 33.3, "majority": 40.0, "n": 15},
+              "instruction_following": {"rate": 30.0, "n": 10, "per_instruction": {}}, "no_prediction": 0}
+    for name, acc in (("self", 80.0), ("tmpl", 55.0)):
+        run = tmp_path / name
+        (run / "train").mkdir(parents=True)
+        log = [{"step": s, "loss": 2.0 - s / 10} for s in range(1, 6)] + [{"step": 5, "val_loss": 1.7}]
+        log += [{"step": 5, "loss": 1.4}]  # a resume repeats step 5: the last record wins
+        write_jsonl(run / "train" / "log.jsonl", log)
+        sc = json.loads(json.dumps(scores))
+        sc["attributes"]["Gender"]["acc"] = acc
+        systems = {"desta": sc, "text": scores} if name == "self" else {"desta": sc}
+        E.write_scores(run / "eval" / "tiny.scores.json", {"systems": systems})
+        E.write_scores(run / "eval" / "ppl-train.scores.json", {"ppl": 1.5 if name == "self" else 4.0})
+    out = tmp_path / "report"
+    rows = E.main(["--benchmark", "report", "--data", f"{tmp_path / 'self'},{tmp_path / 'tmpl'}",
+                   "--model-name", "self-generated,templated", "--out", str(out)])
+    assert list(rows) == ["self-generated", "bare backbone (text)", "templated"]
+    assert rows["self-generated"]["final train loss"] == 1.4 and rows["self-generated"]["steps"] == 5
+    assert rows["templated"]["targets PPL"] == 4.0 and rows["templated"]["Gender"] == 55.0
+    text = (out / "results.md").read_text()
+    assert "| Gender | 10 | 50.00 | 60.00 | 80.00 | 80.00 |" in text and "![training and validation loss](loss.png)" in text
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(FileNotFoundError, match="gone/train/log.jsonl: missing"):
+        E.main(["--benchmark", "report", "--data", str(tmp_path / "gone"), "--out", str(out)])
