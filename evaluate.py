@@ -1760,7 +1760,9 @@ def ppl_sequence(tok, row, where):
     messages = row.get("messages") or []
     system = messages[0]["content"] if messages and messages[0].get("role") == "system" else desta.DEFAULT_SYSTEM
     context = tok.apply_chat_template(generate.backbone_messages(row["seed_description"], row["prompt"], system))
-    return context, tok.encode(row["response"]) + [tok.eot_id]
+    # an answer cut by max_new_tokens ("finished": false) has no end-of-turn, as in training (SPEC 5): the
+    # backbone did not stop there, so scoring one would charge it for a token it never wrote
+    return context, tok.encode(row["response"]) + ([tok.eot_id] if row.get("finished", True) else [])
 
 
 @torch.no_grad()

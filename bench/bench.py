@@ -162,11 +162,18 @@ def bench_mel(quick):
 
 
 def bench_train(quick):
-    cfg = desta.DeSTAConfig(llm_model_id=str(SMOL), encoder_model_id=str(WHISPER), qformer_num_hidden_layers=2)
+    import numpy as np
+    import train  # the tiny preset's adapter: 32 queries on taps 1 and 3, the padding masked
+    tiny = train.parse_config([])
+    cfg = desta.DeSTAConfig(llm_model_id=str(SMOL), encoder_model_id=str(WHISPER),
+                            qformer_num_hidden_layers=tiny.qformer_layers, prompt_size=tiny.prompt_size,
+                            target_layer_ids=[int(t) for t in tiny.taps.split(",")],
+                            mask_audio_padding=tiny.mask_audio_padding)
     model = desta.DeSTA.from_config(cfg).train()
     opt = torch.optim.AdamW(model.connector.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=0.01)
     B = 4 if quick else 8
-    mel = torch.randn(B, 80, 3000)
+    noise = np.random.default_rng(0).standard_normal((B, 4 * 16000)).astype(np.float32) * 0.1  # 4 s clips,
+    mel = data.log_mel_spectrogram(np.stack([data.pad_or_trim(x) for x in noise]))       # padded to 30 s
     conv = [[{"role": "system", "content": desta.DEFAULT_SYSTEM},
              {"role": "user", "content": "<start_audio><|AUDIO|><end_audio>\nDescribe the speaker's voice."}]] * B
     batch = model.build_batch(conv, [["The train leaves at noon."]] * B,
@@ -178,7 +185,7 @@ def bench_train(quick):
         with torch.no_grad():
             _, taps = model.whisper(mel, taps=model.taps)
         t1 = time.perf_counter()
-        audio = model.connector([t.float() for t in taps])
+        audio = model.connector([t.float() for t in taps], desta.audio_frame_mask(mel, taps[0].shape[1]))
         t2 = time.perf_counter()
         h = model.llm.hidden(embeds=model.embed(batch, audio), attn_mask=batch.attn_mask)
         loss = desta.chunked_cross_entropy(model.llm.lm_head, h[:, :-1], batch.labels[:, 1:])
@@ -196,7 +203,7 @@ def bench_train(quick):
         step()
         dt, _ = best_of(step)
     tokens = int(batch.attn_mask.sum())
-    report(f"train step, tiny preset, batch {B} x {batch.input_ids.shape[1]} tokens", B / dt, "samples/s",
+    report(f"train step, tiny preset, batch {B} x {batch.input_ids.shape[1]} tokens, 4 s clips", B / dt, "samples/s",
            f"{tokens / dt:,.0f} tokens/s; " + ", ".join(f"{k} {100 * v / dt:.0f}%" for k, v in parts.items()), mem)
 
 

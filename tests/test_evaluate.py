@@ -803,6 +803,9 @@ def test_perplexity_of_targets_equals_hand_computation(tmp_path, tiny_desta):
             hand.append((-sum(logp[len(ctx) - 1 + k, y].item() for k, y in enumerate(tgt)), len(tgt)))
     # one padded batch
     seqs = [E.ppl_sequence(tok, r, "t") for r in train]
+    # an answer cut at max_new_tokens is scored without the end-of-turn token, as training labels it
+    cut = E.ppl_sequence(tok, {**train[1], "finished": False}, "t")
+    assert cut == (seqs[1][0], seqs[1][1][:-1]) and seqs[1][1][-1] == tok.eot_id
     got = E.target_nll(llm, [c for c, _ in seqs], [t for _, t in seqs], tok.pad_id, chunk=5)
     for (nll, n), (h, hn) in zip(got, hand):
         assert n == hn and abs(nll - h) < 1e-4 * max(1.0, abs(h))
