@@ -21,6 +21,15 @@ SELFGEN ?= --k 4 --balance --batch-size 64 --dtype bf16
 RECIPES ?= esc50 librispeech-train-clean-100 librispeech-dev-clean speech-commands crema-d vctk nsynth-test clotho
 endif
 SELFGEN_RUN = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC)) generate.py selfgen
+TRAIN_RUN   = $(if $(filter 1,$(NPROC)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC)) train.py
+# extra arguments for train.py (--key=value) or evaluate.py (make train ARGS=--max_steps=200)
+ARGS ?=
+CKPT ?= $$(ls -d runs/$(PRESET)/ckpt-* | tail -n 1)
+ifeq ($(PRESET),tiny)
+EVAL ?= --benchmark tiny --data $(DATA)/seed_manifest.jsonl
+else
+EVAL ?= --benchmark mmau --data $(DATA)/mmau-test-mini.json
+endif
 
 # make demo: the whole method on the tiny preset, sized for 2 CPU cores (README "Demo"). Every step resumes.
 DEMO        ?= runs/demo
@@ -36,7 +45,7 @@ demo_run = $(PY) generate.py selfgen --seeds $(DEMO_SEEDS) --llm $(LLM) --split 
 	$(PY) evaluate.py --benchmark tiny --data $(DEMO_SEEDS) --checkpoint "$$(ls -d $(1)/train/ckpt-* | tail -n 1)" \
 	--out $(1)/eval $(DEMO_EVAL) $(3)
 
-.PHONY: setup setup-test test data demo study bench bench-gpu clean
+.PHONY: setup setup-test test data train eval demo study bench bench-gpu clean
 
 $(VENV)/.runtime: requirements.txt requirements-tiny.txt
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +74,12 @@ endif
 	$(SELFGEN_RUN) --seeds $(DATA)/seed_manifest.jsonl --llm $(LLM) --split train --out $(DATA)/train.jsonl $(SELFGEN)
 	$(SELFGEN_RUN) --seeds $(DATA)/seed_manifest.jsonl --llm $(LLM) --split validation --out $(DATA)/validation.jsonl $(SELFGEN) $(VALGEN)
 	$(PY) data.py summary $(DATA)/seed_manifest.jsonl $(DATA)/train.jsonl $(DATA)/validation.jsonl
+
+train: setup                   ## train.py --preset=PRESET into runs/PRESET (NPROC > 1: torchrun), resumable
+	$(TRAIN_RUN) --preset=$(PRESET) $(ARGS)
+
+eval: setup                    ## the latest runs/PRESET checkpoint (or CKPT=DIR): tiny test split, or MMAU (desta25)
+	$(PY) evaluate.py $(EVAL) --checkpoint "$(CKPT)" --out runs/$(PRESET)/eval $(ARGS)
 
 demo: setup                    ## tiny preset end to end: corpus -> SmolLM2's own targets -> training -> test table + loss plot
 	$(PY) data.py weights --preset tiny

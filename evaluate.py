@@ -2027,6 +2027,7 @@ def option_logprobs(llm, contexts, options):
     return out
 
 
+@torch.no_grad()
 def choose_options(bb, system, prompts, on_finish):
     """Multiple-choice prompts answered by likelihood, clip by clip (prompts about the same first audio
     share their prefix); on_finish(prompt, best option, audio_texts, {option: logprob})."""
