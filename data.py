@@ -2722,6 +2722,13 @@ class ManifestError(ValueError):
     """A malformed manifest row; the message names the file and line."""
 
 
+def evenly_spread(rows: list, n: int | None) -> list:
+    """n rows evenly spread over the list (every corpus of a manifest keeps its share); None or n >= len: all."""
+    if n is None or n >= len(rows):
+        return rows
+    return [rows[i * len(rows) // n] for i in range(n)]
+
+
 def read_jsonl(path, required=()) -> list[dict]:
     """All rows of a jsonl file; a row that is not a JSON object or lacks a required field is an error."""
     path = Path(path)

@@ -2358,9 +2358,7 @@ def main_ppl(args):
                        if args.checkpoint else None)
     if llm is None:
         raise ValueError("--benchmark ppl needs the backbone: --llm DIR (or a --checkpoint whose config names it)")
-    rows = data.read_jsonl(args.data)
-    if args.limit is not None and args.limit < len(rows):  # evenly spread, so every corpus keeps its share
-        rows = [rows[i * len(rows) // args.limit] for i in range(args.limit)]
+    rows = data.evenly_spread(data.read_jsonl(args.data), args.limit)
     if not rows:
         raise ValueError(f"{args.data}: no rows")
     out, name = Path(args.out), f"ppl-{Path(args.data).stem}"

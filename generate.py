@@ -464,8 +464,7 @@ def main_selfgen(argv):
     rank, world = dist_setup()
     rows = data.read_jsonl(a.seeds, required=("id", "seed_description"))
     rows = [r for r in rows if a.split is None or r.get("split") == a.split]
-    if a.limit is not None and a.limit < len(rows):  # evenly spread, so every dataset keeps its share
-        rows = [rows[i * len(rows) // a.limit] for i in range(a.limit)]
+    rows = data.evenly_spread(rows, a.limit)
     k = balanced_k(rows, a.k) if a.balance else a.k
     if a.fixed_prompt:
         pools = {"speech": [a.fixed_prompt], "sound": [a.fixed_prompt]}

@@ -144,3 +144,9 @@ def test_templated_answer_golden():
     assert data.templated_answer("[00:00-00:03] (A dog barks)") == "From 00:00 to 00:03: A dog barks."
     with pytest.raises(ValueError, match="not a seed-description line: 'no timestamp'"):
         data.templated_answer("no timestamp")
+
+
+def test_limit_spreads_rows_evenly():
+    """selfgen --limit and evaluate --benchmark ppl --limit keep every corpus's share of a manifest."""
+    assert data.evenly_spread(list(range(10)), 3) == [0, 3, 6]
+    assert data.evenly_spread(list(range(4)), None) == [0, 1, 2, 3] == data.evenly_spread(list(range(4)), 9)
