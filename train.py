@@ -125,6 +125,15 @@ def parse_config(argv: list[str]) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def model_config(cfg: TrainConfig) -> desta.DeSTAConfig:
+    """The DeSTA model a training config builds (backbones + adapter shape)."""
+    return desta.DeSTAConfig(llm_model_id=cfg.llm, encoder_model_id=cfg.encoder,
+                             qformer_num_hidden_layers=cfg.qformer_layers, prompt_size=cfg.prompt_size,
+                             qformer_ffn_dim=cfg.qformer_ffn_dim, use_lora=cfg.lora,
+                             mask_audio_padding=cfg.mask_audio_padding,
+                             target_layer_ids=[int(t) for t in cfg.taps.split(",")] if cfg.taps else None)
+
+
 def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
     """Linear warmup, then cosine decay to min_lr at the last step."""
     if step < cfg.warmup_steps:
@@ -258,12 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(cfg.seed)
     dtype = {"auto": torch.bfloat16 if cuda else torch.float32, "bf16": torch.bfloat16,
              "fp32": torch.float32}[cfg.dtype]
-    mcfg = desta.DeSTAConfig(llm_model_id=cfg.llm, encoder_model_id=cfg.encoder,
-                             qformer_num_hidden_layers=cfg.qformer_layers, prompt_size=cfg.prompt_size,
-                             qformer_ffn_dim=cfg.qformer_ffn_dim, use_lora=cfg.lora,
-                             mask_audio_padding=cfg.mask_audio_padding,
-                             target_layer_ids=[int(t) for t in cfg.taps.split(",")] if cfg.taps else None)
-    model = desta.DeSTA.from_config(mcfg, dtype=dtype, device=device)
+    model = desta.DeSTA.from_config(model_config(cfg), dtype=dtype, device=device)
     model.llm.checkpoint_layers = cfg.checkpoint_layers
     if cfg.compile:
         for block in [*model.llm.layers, *model.whisper.layers, *model.connector.qformer["layer"]]:

@@ -164,11 +164,7 @@ def bench_mel(quick):
 def bench_train(quick):
     import numpy as np
     import train  # the tiny preset's adapter: 32 queries on taps 1 and 3, the padding masked
-    tiny = train.parse_config([])
-    cfg = desta.DeSTAConfig(llm_model_id=str(SMOL), encoder_model_id=str(WHISPER),
-                            qformer_num_hidden_layers=tiny.qformer_layers, prompt_size=tiny.prompt_size,
-                            target_layer_ids=[int(t) for t in tiny.taps.split(",")],
-                            mask_audio_padding=tiny.mask_audio_padding)
+    cfg = train.model_config(train.parse_config([f"--llm={SMOL}", f"--encoder={WHISPER}"]))
     model = desta.DeSTA.from_config(cfg).train()
     opt = torch.optim.AdamW(model.connector.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=0.01)
     B = 4 if quick else 8
