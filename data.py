@@ -42,6 +42,7 @@ import threading
 import time
 import warnings
 import zipfile
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -54,6 +55,8 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 from safetensors.numpy import save_file as save_numpy_safetensors
+
+import desta
 
 # Whisper's front end (SPEC 2): 30 s windows of 16 kHz audio -> 3000 frames of 10 ms
 SAMPLE_RATE = 16000
@@ -3699,17 +3702,142 @@ def summary_table(seed_rows: list[dict], train_rows: list[dict] | None = None) -
 # STFT happen off the training process. Tokenization stays in the main process (it needs the model's
 # tokenizer and is cheap). Batches are built from similar lengths, so little of each batch is padding.
 
+# ---- cached encoder features ----
+# Whisper is frozen, so the taps it gives a clip never change. On a CPU the encoder is a large share of a
+# training step, so the tiny preset computes every clip's taps once and trains from the cache (the GPU
+# recipe streams audio). One safetensors file per clip, under a folder named by the encoder's fingerprint,
+# the taps and the crop mode; its metadata records the audio file it came from, so an entry is recomputed
+# when the audio, the encoder or the settings change, or when the file cannot be read.
+
+FEATURES_VERSION = "1"
+FEATURES_DIR = "features"
+
+
+def encoder_fingerprint(folder) -> str:
+    """A short hash of an encoder folder: config.json, and per weight file its size, header and first and
+    last 64 KiB (cheap for a multi-GB model, and any retrained weights change it)."""
+    folder = Path(folder)
+    h = hashlib.sha1((folder / "config.json").read_bytes())
+    for f in sorted(folder.glob("*.safetensors")):
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            head = fh.read(65536)
+            fh.seek(max(0, size - 65536))
+            tail = fh.read()
+        h.update(f"{f.name}:{size}".encode() + head + tail)
+    return h.hexdigest()[:12]
+
+
+class FeatureCache:
+    """Cached encoder taps per clip: `get(clip)` -> num_taps x (frames, encoder_dim) fp32 tensors.
+
+    Only the frames the Q-Former reads are kept (the clip's, when it masks the padding: ~0.6 MB for a 4 s
+    tiny clip instead of 4.6 MB for 30 s)."""
+
+    def __init__(self, root, data_root, encoder_dir, taps, mask_padding: bool, crop: bool):
+        self.data_root, self.taps, self.mask_padding, self.crop = Path(data_root), list(taps), mask_padding, crop
+        self.fingerprint = encoder_fingerprint(encoder_dir)
+        mode = "crop" if crop else "masked" if mask_padding else "full"
+        self.folder = Path(root) / f"{self.fingerprint}-taps{'-'.join(map(str, self.taps))}-{mode}"
+
+    def path(self, clip: str) -> Path:
+        return self.folder / (clip + ".safetensors")
+
+    def _expected(self, clip: str) -> dict:
+        st = (self.data_root / clip).stat()
+        return {"version": FEATURES_VERSION, "clip": clip, "encoder": self.fingerprint,
+                "taps": ",".join(map(str, self.taps)), "mask_padding": str(self.mask_padding), "crop": str(self.crop),
+                "audio_size": str(st.st_size), "audio_mtime_ns": str(st.st_mtime_ns)}
+
+    def check(self, clip: str) -> str | None:
+        """None when the entry is there and current, else why not: missing, stale (what changed), corrupt."""
+        from safetensors import safe_open
+        path = self.path(clip)
+        if not path.is_file():
+            return "missing"
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta, keys = f.metadata() or {}, set(f.keys())
+        except Exception as e:  # a half-written or damaged file: recompute it
+            return f"corrupt ({type(e).__name__})"
+        try:
+            expected = self._expected(clip)
+        except OSError as e:
+            raise AudioError(f"{self.data_root / clip}: cannot read ({e.strerror})") from None
+        changed = [k for k, v in expected.items() if meta.get(k) != v]
+        if changed:
+            return f"stale ({', '.join(changed)} changed)"
+        if keys != {f"tap{i}" for i in range(len(self.taps))}:
+            return "corrupt (tensors)"
+        return None
+
+    def get(self, clip: str) -> list[torch.Tensor]:
+        from safetensors.torch import load_file
+        try:
+            d = load_file(str(self.path(clip)))
+            return [d[f"tap{i}"] for i in range(len(self.taps))]
+        except Exception as e:
+            raise AudioError(f"{self.path(clip)}: cached features unreadable ({type(e).__name__}: {e}); "
+                             "rerun to recompute them") from None
+
+    def put(self, clip: str, taps: list[torch.Tensor]) -> None:
+        from safetensors.torch import save_file
+        path = self.path(clip)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({f"tap{i}": t.contiguous().cpu() for i, t in enumerate(taps)}, str(tmp), metadata=self._expected(clip))
+        os.replace(tmp, path)  # an entry exists only once complete
+
+    def build(self, whisper, clips: list[str], batch_size: int = 16, log=print, log_every: float = 10.0) -> dict:
+        """Compute the entries that are missing, stale or corrupt (a second run does nothing). Unreadable
+        audio is counted and left out; the trainer then skips those clips as it would without a cache."""
+        clips = list(dict.fromkeys(clips))
+        todo, reasons = [], Counter()
+        for c in clips:
+            why = self.check(c)
+            if why is not None:
+                todo.append(c)
+                reasons[why.split(" ")[0]] += 1
+        stats = {"clips": len(clips), "cached": len(clips) - len(todo), "computed": 0, "unreadable": 0}
+        log(f"[features] {self.folder}: {len(clips)} clips, {stats['cached']} cached, {len(todo)} to compute "
+            f"({dict(reasons)})")
+        t0 = last = time.time()
+        device = next(whisper.parameters()).device
+        for i in range(0, len(todo), batch_size):
+            mels, good = [], []
+            for c in todo[i:i + batch_size]:
+                try:
+                    mels.append(log_mel_spectrogram(pad_or_trim(load_audio(self.data_root / c)), whisper.cfg.n_mels))
+                    good.append(c)
+                except AudioError as e:
+                    stats["unreadable"] += 1
+                    log(f"[features] skipped unreadable clip: {e}")
+            if good:
+                feats = desta.encoder_features(whisper, torch.stack(mels).to(device), self.taps, self.mask_padding,
+                                               self.crop)
+                for j, c in enumerate(good):
+                    n = int(feats.frame_mask[j].sum()) if feats.frame_mask is not None else feats.taps[0].shape[1]
+                    self.put(c, [t[j, :n] for t in feats.taps])
+                stats["computed"] += len(good)
+            if time.time() - last >= log_every or i + batch_size >= len(todo):
+                last = time.time()
+                log(f"[features] {stats['computed']}/{len(todo)} computed, "
+                    f"{stats['computed'] / max(last - t0, 1e-9):.1f} clips/s")
+        return stats
+
+
 def row_audios(row: dict) -> list[dict]:
     """The audios of a training row, in order: [{"audio": relative path, "text": transcription}, ...]."""
     return [a for m in row["messages"] for a in m.get("audios", [])]
 
 
 class AudioTextDataset(torch.utils.data.Dataset):
-    """Training rows -> {"index", "mel" (A, n_mels, 3000), "row"}; an unreadable clip gives
-    {"index", "error"} instead (the trainer skips, names and counts it)."""
+    """Training rows -> {"index", "mel" (A, n_mels, 3000), "row"}, or with a FeatureCache {"index", "taps"
+    (per audio, num_taps x (frames, d)), "row"}; an unreadable clip gives {"index", "error"} instead (the
+    trainer skips, names and counts it)."""
 
-    def __init__(self, rows: list[dict], data_root, n_mels: int):
-        self.rows, self.root, self.n_mels = rows, Path(data_root), n_mels
+    def __init__(self, rows: list[dict], data_root, n_mels: int, features: FeatureCache | None = None):
+        self.rows, self.root, self.n_mels, self.features = rows, Path(data_root), n_mels, features
 
     def __len__(self):
         return len(self.rows)
@@ -3717,6 +3845,8 @@ class AudioTextDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         row = self.rows[i]
         try:
+            if self.features is not None:
+                return {"index": i, "taps": [self.features.get(a["audio"]) for a in row_audios(row)], "row": row}
             mels = [log_mel_spectrogram(pad_or_trim(load_audio(self.root / a["audio"])), self.n_mels)
                     for a in row_audios(row)]
         except AudioError as e:
@@ -3725,10 +3855,21 @@ class AudioTextDataset(torch.utils.data.Dataset):
 
 
 def collate(items: list[dict]) -> dict:
+    """-> {"mel": (A, n_mels, 3000), or "audio": desta.EncodedAudio from cached taps, zero-padded to the
+    longest clip with a mask when entries differ in length; "rows", "indices", "errors"}."""
     good = [it for it in items if "error" not in it]
-    return {"mel": torch.cat([it["mel"] for it in good]) if good else None,
-            "rows": [it["row"] for it in good], "indices": [it["index"] for it in good],
-            "errors": [it["error"] for it in items if "error" in it]}
+    out = {"rows": [it["row"] for it in good], "indices": [it["index"] for it in good],
+           "errors": [it["error"] for it in items if "error" in it], "mel": None, "audio": None}
+    if good and "taps" in good[0]:
+        clips = [taps for it in good for taps in it["taps"]]          # A x num_taps x (S_a, d)
+        lengths = torch.tensor([c[0].shape[0] for c in clips])
+        S = int(lengths.max())
+        taps = [torch.stack([F.pad(c[k], (0, 0, 0, S - c[k].shape[0])) for c in clips]) for k in range(len(clips[0]))]
+        mask = torch.arange(S)[None] < lengths[:, None]
+        out["audio"] = desta.EncodedAudio(taps, None if bool(mask.all()) and S == desta.N_AUDIO_CTX else mask)
+    elif good:
+        out["mel"] = torch.cat([it["mel"] for it in good])
+    return out
 
 
 def row_length(row: dict) -> int:

@@ -1723,21 +1723,95 @@ def score_tiny(rows, responses):
     return Scored(records, scores)
 
 
+# Do the self-generated targets carry the audio? For each target whose clip has an attribute, whether the
+# answer states a value of it (any option's words) and states the right one (the true option's words and no
+# other option's). Word matching: a rough measure, meant to compare data designs, not to grade answers.
+# Speakers, SNR and Drums are left out: their options ("1", "Yes") cannot be told apart from other words.
+STATED_SYNONYMS = {("Gender", "Male"): ("man", "men", "he", "his", "him", "gentleman", "boy"),
+                   ("Gender", "Female"): ("woman", "women", "she", "her", "lady", "girl"),
+                   ("Speaking rate", "Slow"): ("slowly",), ("Speaking rate", "Fast"): ("quickly", "rapidly")}
+COVERAGE_SKIP = ("Speakers", "SNR", "Drums")
+
+
+def _option_pattern(name, option):
+    words = [re.sub(r"\s*\(.*\)", "", option), *STATED_SYNONYMS.get((name, option), ())]
+    return re.compile(r"\b(" + "|".join(re.escape(w).replace(r"\ ", r"\s*") for w in words) + r")\b", re.I)
+
+
+def target_coverage(train_rows, seed_rows):
+    """-> {attribute: {"n": targets whose clip has it, "stated": % stating a value, "correct": % stating the
+    true value alone}} over training rows, joined to the seed manifest by clip id."""
+    clips = {r["id"]: r for r in seed_rows}
+    patterns = {name: {o: _option_pattern(name, o) for o in attr.options}
+                for name, attr in TINY_ATTRIBUTES.items() if name not in COVERAGE_SKIP}
+    counts = defaultdict(lambda: [0, 0, 0])
+    for row in train_rows:
+        clip = clips.get(row["id"])
+        if clip is None:
+            raise ValueError(f"training row {row['id']!r} has no clip in the seed manifest")
+        for name, pats in patterns.items():
+            value = TINY_ATTRIBUTES[name].value(clip)
+            if value is None:
+                continue
+            said = {o for o, pat in pats.items() if pat.search(row["response"])}
+            c = counts[name]
+            c[0] += 1
+            c[1] += bool(said)
+            c[2] += said == {value}
+    return {name: {"n": n, "stated": pct(st, n), "correct": pct(ok, n)} for name, (n, st, ok) in counts.items()}
+
+
+def coverage_table(coverage) -> str:
+    lines = ["| Attribute | targets with it | state a value (%) | state the true value (%) |", "|---|---|---|---|"]
+    lines += [f"| {k} | {v['n']} | {v['stated']:.1f} | {v['correct']:.1f} |" for k, v in coverage.items()]
+    return "\n".join(lines)
+
+
+def wilson_interval(acc, n, z=1.96):
+    """95% Wilson score interval (in %) of an accuracy `acc` (%) over n questions."""
+    if not n or acc is None:
+        return None
+    p = acc / 100
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (100 * (centre - half) / (1 + z * z / n), 100 * (centre + half) / (1 + z * z / n))
+
+
+def macro_interval(attributes, z=1.96):
+    """95% normal interval (in %) of a macro mean of independent per-attribute accuracies."""
+    accs = [(a["acc"] / 100, a["n"]) for a in attributes.values() if a["n"]]
+    mean = sum(p for p, _ in accs) / len(accs)
+    half = z * math.sqrt(sum(p * (1 - p) / n for p, n in accs)) / len(accs)
+    return (100 * max(0.0, mean - half), 100 * min(1.0, mean + half))
+
+
+def _interval(ci):
+    return "-" if ci is None else f"{ci[0]:.1f}-{ci[1]:.1f}"
+
+
 def tiny_table(scores_by_system):
-    """{system: score_tiny scores} -> markdown: one row per attribute, n and chance next to each system."""
+    """{system: score_tiny scores} -> markdown: one row per attribute, n, chance and the majority class next
+    to each system, and DeSTA's 95% interval (Wilson per attribute; normal over the macro mean)."""
     systems = [s for s in TINY_SYSTEMS if s in scores_by_system]
-    columns = ("n", "chance", "majority", *(TINY_SYSTEMS[s] for s in systems))
+    ci = "DeSTA 95% CI" if "desta" in systems else None
+    columns = ("n", "chance", "majority", *(TINY_SYSTEMS[s] for s in systems), *((ci,) if ci else ()))
     first = scores_by_system[systems[0]]
     rows = {}
     for name, a in first["attributes"].items():
         rows[name] = {"n": a["n"], "chance": a["chance"], "majority": a["majority"],
                       **{TINY_SYSTEMS[s]: scores_by_system[s]["attributes"][name]["acc"] for s in systems}}
+        if ci:
+            d = scores_by_system["desta"]["attributes"][name]
+            rows[name][ci] = _interval(wilson_interval(d["acc"], d["n"]))
     rows["All attributes (macro)"] = {"n": first["mcq"]["n"], "chance": first["mcq"]["chance"],
                                       "majority": first["mcq"]["majority"],
                                       **{TINY_SYSTEMS[s]: scores_by_system[s]["mcq"]["acc"] for s in systems}}
     rows["Instruction following"] = {"n": first["instruction_following"]["n"],
                                      **{TINY_SYSTEMS[s]: scores_by_system[s]["instruction_following"]["rate"]
                                         for s in systems}}
+    if ci:
+        rows["All attributes (macro)"][ci] = _interval(macro_interval(scores_by_system["desta"]["attributes"]))
+        d = scores_by_system["desta"]["instruction_following"]
+        rows["Instruction following"][ci] = _interval(wilson_interval(d["rate"], d["n"]))
     return markdown_table(rows, columns, label="Attribute")
 
 
@@ -2381,7 +2455,8 @@ def main_ppl(args):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Run and score benchmarks (DeSTA2.5-Audio, SPEC 10).")
-    p.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS) + ["tiny", "ppl", "report"])
+    p.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS) + ["tiny", "ppl", "report", "coverage"])
+    p.add_argument("--seeds", help="coverage: the seed manifest the training rows (--data) were written from")
     p.add_argument("--data", required=True, help="benchmark file or folder (see each loader); tiny: the seed "
                    "manifest; ppl: a training manifest (DeSTA-AQA5M layout); report: run folders RUN[,RUN...] "
                    "(RUN/train, RUN/eval)")
@@ -2405,7 +2480,8 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=16, help="generation slots")
     p.add_argument("--chunk", type=int, default=RUN_CHUNK, help="prompts per engine call")
     p.add_argument("--batch-tokens", type=int, default=PPL_BATCH_TOKENS, help="ppl: padded tokens per forward")
-    p.add_argument("--dtype", choices=sorted(generate.DTYPES), default="bf16" if torch.cuda.is_available() else "fp32")
+    p.add_argument("--dtype", choices=["auto", *sorted(generate.DTYPES)], default="auto",
+                   help="auto: bf16 on a GPU or a CPU whose bf16 matmul beats fp32 (AMX), else fp32")
     p.add_argument("--device", default=generate.device_for(0))
     p.add_argument("--split", default=TINY_SPLIT, help="tiny: the manifest split to ask about")
     p.add_argument("--audio-root", help="tiny: folder the manifest ids are relative to (default: its folder)")
@@ -2414,6 +2490,17 @@ def main(argv=None):
     p.add_argument("--mcq", choices=("likelihood", "generate"), default=TINY_MCQ,
                    help="tiny: multiple choice by option likelihood (default) or by a generated answer")
     args = p.parse_args(argv)
+    if args.benchmark == "coverage":  # how many self-generated targets state each attribute (no model)
+        cov = target_coverage(data.read_jsonl(args.data, required=("id", "response")), data.read_jsonl(args.seeds))
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "coverage.json").write_text(json.dumps(cov, indent=2))
+        print(coverage_table(cov))
+        return cov
+    if args.benchmark != "report":
+        dtype, why = desta.pick_dtype(args.device, args.dtype)
+        args.dtype = next(k for k, v in generate.DTYPES.items() if v == dtype)
+        print(f"precision: {args.dtype} ({why})", file=sys.stderr)
 
     if args.benchmark == "tiny":
         return main_tiny(args)

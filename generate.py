@@ -124,7 +124,48 @@ class Engine:
             self.decode_step = torch.compile(self._decode_step, mode="reduce-overhead" if self.device.type == "cuda" else None)
 
     # -- the two kinds of forward pass ---------------------------------------------------------
-    def _prefill(self, rows: torch.Tensor, prompts: list) -> torch.Tensor:
+    def _prefill(self, rows: torch.Tensor, prompts: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run new prompts into cache rows -> (last logits, lengths). Prompts of ids that open with the same
+        long prefix as the one before them (one clip's K prompts in self-generation: system prompt + seed
+        description) reuse its keys/values: the first of such a group runs whole, the others copy its
+        cache rows for the shared part and run only the rest."""
+        if isinstance(prompts[0], torch.Tensor):
+            return self._prefill_whole(rows, prompts)
+        shared = shared_prefixes(prompts)
+        lead = [i for i, n in enumerate(shared) if n == 0]
+        lead_logits, lens = self._prefill_whole(rows[lead], [prompts[i] for i in lead])
+        rest = [i for i, n in enumerate(shared) if n]
+        if not rest:
+            return lead_logits, lens
+        logits = lead_logits.new_empty(len(prompts), lead_logits.shape[-1])
+        lengths = torch.zeros(len(prompts), dtype=torch.long, device=self.device)
+        logits[lead], lengths[lead] = lead_logits, lens
+        if rest:
+            leader = {}
+            for i, n in enumerate(shared):
+                leader[i] = i if n == 0 else leader[i - 1]
+            src, dst = rows[[leader[i] for i in rest]], rows[rest]
+            for layer in self.llm.layers:  # the shared keys/values: copied, not recomputed
+                c = layer.self_attn.kv_cache
+                c.k[dst], c.v[dst] = c.k[src], c.v[src]
+            starts = torch.tensor([shared[i] for i in rest], device=self.device)
+            logits[rest], lengths[rest] = self._prefill_rest(dst, [prompts[i] for i in rest], starts)
+        return logits, lengths
+
+    def _prefill_rest(self, rows, prompts, starts):
+        """The tokens of each prompt from `starts` on, over cache rows that already hold the prompt before."""
+        lens = torch.tensor([len(p) for p in prompts], device=self.device)
+        T = int((lens - starts).max())
+        pos = (starts[:, None] + self.positions[:T]).clamp(max=self.S - 1)     # padding past the end: never read
+        tokens = torch.zeros(len(prompts), T, dtype=torch.long, device=self.device)
+        for i, (p, s) in enumerate(zip(prompts, starts.tolist())):
+            tokens[i, :len(p) - s] = torch.as_tensor(p[s:])
+        mask = (self.positions[None, None, :] <= pos[:, :, None])[:, None]   # (n, 1, T, S): prefix + causal
+        h = self.llm.hidden(tokens, pos=pos, mask=mask, write=(rows, pos), read_cache=rows)
+        last = h[torch.arange(len(prompts), device=self.device), lens - starts - 1]
+        return self.llm.lm_head(last), lens
+
+    def _prefill_whole(self, rows: torch.Tensor, prompts: list) -> tuple[torch.Tensor, torch.Tensor]:
         """Run new prompts (lists of ids, or (T, dim) embedding tensors) into cache rows; -> last logits."""
         lens = torch.tensor([len(p) for p in prompts], device=self.device)
         T = int(lens.max())
@@ -173,7 +214,15 @@ class Engine:
             seeds = [sampling.seed + i for i in range(len(prompts))]
         prompt_seeds = None if seeds is None else torch.tensor(seeds, dtype=torch.long, device=self.device)
         stop = torch.tensor(sorted(set(stop_ids)) or [-1], device=self.device)
-        queue = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))    # longest first
+        # longest first, keeping prompts that share a prefix together so they are prefilled together
+        groups = []
+        shared = [0] * len(prompts) if isinstance(prompts[0], torch.Tensor) else shared_prefixes(prompts)
+        for i, n in enumerate(shared):
+            if n == 0:
+                groups.append([i])
+            else:
+                groups[-1].append(i)
+        queue = [i for g in sorted(groups, key=lambda g: -max(len(prompts[i]) for i in g)) for i in g]
         results: list = [None] * len(prompts)
         B, N = self.B, sampling.max_new_tokens
         caps = torch.tensor(max_new or [N] * len(prompts), device=self.device).clamp(max=N)
@@ -226,6 +275,32 @@ class Engine:
         return results
 
 
+MIN_SHARED_PREFIX = 64  # tokens shared with the group's first prompt before its cache rows are copied
+
+
+def common_prefix(a, b) -> int:
+    n, limit = 0, min(len(a), len(b))
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def shared_prefixes(prompts: list[list[int]]) -> list[int]:
+    """Per prompt, how many of its first tokens it shares with the group it belongs to: 0 opens a group
+    (it runs whole); n > 0: the prompt equals the group's first prompt for n tokens (n >= MIN_SHARED_PREFIX,
+    and at least its last token is left to run). Groups are runs of consecutive prompts. The bar is above
+    a chat template's system turn (ChatML ~32 tokens), so groups are one clip's prompts, not every prompt."""
+    out, lead = [], None
+    for p in prompts:
+        n = 0 if lead is None else min(common_prefix(lead, p), len(p) - 1)
+        if n >= MIN_SHARED_PREFIX:
+            out.append(n)
+        else:
+            out.append(0)
+            lead = p
+    return out
+
+
 def generate(llm: desta.Llama, prompts: list, max_new_tokens: int = 256, temperature: float = 0.0,
              top_p: float = 1.0, stop_ids=(), seed: int | None = None, batch_size: int = 16,
              continuous: bool = True, max_len: int | None = None, on_finish=None,
@@ -254,17 +329,23 @@ def generate(llm: desta.Llama, prompts: list, max_new_tokens: int = 256, tempera
 # prompt from the pool. Its answer becomes the training target for (audio, prompt).
 
 SELFGEN_SAMPLING = Sampling(max_new_tokens=512, temperature=0.05, top_p=1.0)  # the paper's decoding
-PROMPT_POOLS = {"speech": "prompts/speech.txt", "sound": "prompts/sound.txt"}
+PROMPT_POOLS = {"speech": "prompts/speech.txt", "sound": "prompts/sound.txt",
+                "speech_attributes": "prompts/speech_attributes.txt", "sound_attributes": "prompts/sound_attributes.txt"}
 
 
-def choose_prompts(row: dict, pools: dict[str, list[str]], k, seed: int) -> list[str]:
+def choose_prompts(row: dict, pools: dict[str, list[str]], k, seed: int, k_attributes: int = 0) -> list[str]:
     """K distinct prompts for a clip: from the speech pool if it has a transcription, else the sound
-    pool. Seeded by the clip id, so any rank, any restart, picks the same prompts.
+    pool; then k_attributes more from the matching attribute pool (short questions on one property each,
+    prompts/README.md). Seeded by the clip id, so any rank, any restart, picks the same prompts.
     k: an int, or {dataset: k} (balanced_k) to give small corpora more prompts per clip."""
     if isinstance(k, dict):
         k = k[row.get("dataset", "")]
-    pool = pools["speech"] if row.get("transcription", " ").strip() else pools["sound"]
-    return random.Random(f"{seed}:{row['id']}").sample(pool, min(k, len(pool)))
+    kind = "speech" if row.get("transcription", " ").strip() else "sound"
+    chosen = random.Random(f"{seed}:{row['id']}").sample(pools[kind], min(k, len(pools[kind])))
+    if k_attributes:  # its own stream: asking for attribute prompts leaves the general choice unchanged
+        pool = [p for p in pools[f"{kind}_attributes"] if p not in chosen]
+        chosen += random.Random(f"{seed}:{row['id']}:attributes").sample(pool, min(k_attributes, len(pool)))
+    return chosen
 
 
 def balanced_k(rows: list[dict], k: int, max_factor: int = 4) -> dict[str, int]:
@@ -310,11 +391,12 @@ def part_path(out: Path, rank: int) -> Path:
 def self_generate(llm: desta.Llama, tok: desta.Tokenizer, seed_rows: list[dict], pools: dict[str, list[str]],
                   out, k: int = 4, seed: int = 42, sampling: Sampling = SELFGEN_SAMPLING, batch_size: int = 16,
                   rank: int = 0, world: int = 1, system: str = desta.DEFAULT_SYSTEM,
-                  continuous: bool = True, log_every: float = 10.0, compile: bool = False) -> dict:
+                  continuous: bool = True, log_every: float = 10.0, compile: bool = False,
+                  k_attributes: int = 0) -> dict:
     """Write this rank's share of the (clip, prompt) pairs to `<out>.part<rank>`, skipping pairs that
     any part file already holds. Rows are appended as they finish. Returns counts and speed."""
     out = Path(out)
-    pairs = [(row, p) for row in seed_rows for p in choose_prompts(row, pools, k, seed)]
+    pairs = [(row, p) for row in seed_rows for p in choose_prompts(row, pools, k, seed, k_attributes)]
     done = {(r["id"], r["prompt"]) for part in out.parent.glob(f"{out.name}.part*")
             for r in data.read_appended(part)}
     mine = [(row, p) for i, (row, p) in enumerate(pairs) if i % world == rank and (row["id"], p) not in done]
@@ -348,13 +430,14 @@ def self_generate(llm: desta.Llama, tok: desta.Tokenizer, seed_rows: list[dict],
     return stats
 
 
-def merge_parts(out, seed_rows: list[dict], pools: dict[str, list[str]], k: int, seed: int) -> int:
+def merge_parts(out, seed_rows: list[dict], pools: dict[str, list[str]], k: int, seed: int,
+                k_attributes: int = 0) -> int:
     """Join every rank's part file into `out` in the canonical (clip, prompt) order, atomically, then
     remove the parts. Each pair appears exactly once; a missing pair is an error."""
     out = Path(out)
     parts = sorted(out.parent.glob(f"{out.name}.part*"))
     got = {(r["id"], r["prompt"]): r for part in parts for r in data.read_jsonl(part)}
-    order = [(row["id"], p) for row in seed_rows for p in choose_prompts(row, pools, k, seed)]
+    order = [(row["id"], p) for row in seed_rows for p in choose_prompts(row, pools, k, seed, k_attributes)]
     missing = [key for key in order if key not in got]
     if missing:
         raise RuntimeError(f"{out}: {len(missing)} (id, prompt) pairs not generated yet, e.g. {missing[0]}")
@@ -398,10 +481,11 @@ def desta_inputs(model: desta.DeSTA, conversations: list[list[dict]], transcript
 
 
 @torch.no_grad()
-def answer(model: desta.DeSTA, mel: torch.Tensor, prompts: list[str], transcriptions: list[str],
+def answer(model: desta.DeSTA, mel: torch.Tensor | desta.EncodedAudio, prompts: list[str], transcriptions: list[str],
            sampling: Sampling = Sampling(max_new_tokens=512), system: str = desta.DEFAULT_SYSTEM,
            batch_size: int = 16) -> list[str]:
-    """DeSTA answers: one prompt per clip; mel (B, n_mels, 3000). Audio vectors go in as embeddings."""
+    """DeSTA answers: one prompt per clip; mel (B, n_mels, 3000) or its cached encoder features. Audio
+    vectors go in as embeddings."""
     locator = f"{desta.START_AUDIO}{model.cfg.audio_locator}{desta.END_AUDIO}"
     convs = [[{"role": "system", "content": system}, {"role": "user", "content": f"{locator}\n{p}"}] for p in prompts]
     audio = model.encode_audio(mel.to(model.llm.embed_tokens.weight.device))
@@ -432,7 +516,7 @@ def device_for(rank: int) -> str:
     return "cpu"
 
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = desta.DTYPES
 
 
 def main_selfgen(argv):
@@ -442,18 +526,23 @@ def main_selfgen(argv):
     ap.add_argument("--llm", required=True, help="backbone LLM folder (HF layout) or repo id under weights/")
     ap.add_argument("--out", required=True, help="training manifest to write (jsonl, DeSTA-AQA5M layout)")
     ap.add_argument("--split", default=None, help="only seed rows of this split")
-    ap.add_argument("--k", type=int, default=4, help="prompts per clip")
+    ap.add_argument("--k", type=int, default=4, help="prompts per clip from the general pools")
+    ap.add_argument("--k-attributes", type=int, default=0,
+                    help="more prompts per clip from the attribute pools (one property per question)")
     ap.add_argument("--balance", action="store_true",
                     help="upsample small corpora: up to 4k prompts per clip, towards the largest corpus's rows")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--speech-prompts", default=PROMPT_POOLS["speech"])
     ap.add_argument("--sound-prompts", default=PROMPT_POOLS["sound"])
+    ap.add_argument("--speech-attribute-prompts", default=PROMPT_POOLS["speech_attributes"])
+    ap.add_argument("--sound-attribute-prompts", default=PROMPT_POOLS["sound_attributes"])
     ap.add_argument("--fixed-prompt", default=None, help="use this one prompt for every clip (the paper's 1-P)")
     ap.add_argument("--max-new-tokens", type=int, default=SELFGEN_SAMPLING.max_new_tokens)
     ap.add_argument("--temperature", type=float, default=SELFGEN_SAMPLING.temperature)
     ap.add_argument("--top-p", type=float, default=SELFGEN_SAMPLING.top_p)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    ap.add_argument("--dtype", choices=["auto", *sorted(DTYPES)], default="auto",
+                    help="auto: bf16 on a GPU or a CPU whose bf16 matmul beats fp32 (AMX), else fp32")
     ap.add_argument("--limit", type=int, default=None, help="only N seed rows, evenly spread over the manifest")
     ap.add_argument("--compile", action="store_true", help="torch.compile the decode step (pays off on long jobs)")
     ap.add_argument("--source", choices=("backbone", "template"), default="backbone",
@@ -466,33 +555,40 @@ def main_selfgen(argv):
     rows = [r for r in rows if a.split is None or r.get("split") == a.split]
     rows = data.evenly_spread(rows, a.limit)
     k = balanced_k(rows, a.k) if a.balance else a.k
+    if a.fixed_prompt and a.k_attributes:
+        ap.error("--fixed-prompt is the one-prompt ablation: leave out --k-attributes")
     if a.fixed_prompt:
         pools = {"speech": [a.fixed_prompt], "sound": [a.fixed_prompt]}
     else:
         pools = {"speech": data.load_prompts(a.speech_prompts), "sound": data.load_prompts(a.sound_prompts)}
+        if a.k_attributes:
+            pools.update(speech_attributes=data.load_prompts(a.speech_attribute_prompts),
+                         sound_attributes=data.load_prompts(a.sound_attribute_prompts))
     if a.source == "template":  # same (clip, prompt) pairs as the backbone would get; instant
         written = [training_row(r, p, data.templated_answer(r["seed_description"]))
-                   for r in rows for p in choose_prompts(r, pools, k, a.seed)]
+                   for r in rows for p in choose_prompts(r, pools, k, a.seed, a.k_attributes)]
         data.write_jsonl(out, written)
         print(f"{out}: {len(written)} templated rows", file=sys.stderr)
         return
     if out.is_file() and not list(out.parent.glob(f"{out.name}.part*")):
         have = {(r["id"], r["prompt"]) for r in data.read_jsonl(out)}
-        if all((r["id"], p) in have for r in rows for p in choose_prompts(r, pools, k, a.seed)):
+        if all((r["id"], p) in have for r in rows for p in choose_prompts(r, pools, k, a.seed, a.k_attributes)):
             print(f"{out}: complete ({len(have)} rows), nothing to do", file=sys.stderr)
             return
     llm_dir = desta.resolve_weights(a.llm)
-    llm = desta.Llama.from_pretrained(llm_dir, DTYPES[a.dtype], device_for(rank))
+    dtype, why = desta.pick_dtype(device_for(rank), a.dtype)
+    print(f"selfgen: {str(dtype).removeprefix('torch.')} ({why})", file=sys.stderr)
+    llm = desta.Llama.from_pretrained(llm_dir, dtype, device_for(rank))
     tok = desta.Tokenizer.from_pretrained(llm_dir)
     sampling = Sampling(a.max_new_tokens, a.temperature, a.top_p)
     stats = self_generate(llm, tok, rows, pools, out, k, a.seed, sampling, a.batch_size, rank, world,
-                          compile=a.compile)
+                          compile=a.compile, k_attributes=a.k_attributes)
     print(f"selfgen rank {rank}: wrote {stats['rows']} rows, {stats['tokens']} tokens in {stats['seconds']:.1f} s",
           file=sys.stderr)
     if world > 1:
         torch.distributed.barrier()
     if rank == 0:
-        n = merge_parts(out, rows, pools, k, a.seed)
+        n = merge_parts(out, rows, pools, k, a.seed, a.k_attributes)
         print(f"{out}: {n} rows", file=sys.stderr)
     if world > 1:
         torch.distributed.destroy_process_group()
@@ -511,10 +607,13 @@ def main_infer(argv):
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16" if torch.cuda.is_available() else "fp32")
+    ap.add_argument("--dtype", choices=["auto", *sorted(DTYPES)], default="auto",
+                    help="auto: bf16 on a GPU or a CPU whose bf16 matmul beats fp32 (AMX), else fp32")
     a = ap.parse_args(argv)
     sampling = Sampling(a.max_new_tokens, a.temperature, a.top_p, a.seed)
-    device, dtype = device_for(0), DTYPES[a.dtype]
+    device = device_for(0)
+    dtype, why = desta.pick_dtype(device, a.dtype)
+    print(f"precision: {str(dtype).removeprefix('torch.')} ({why})", file=sys.stderr)
     if a.llm or not a.audio:
         llm_dir = desta.resolve_weights(a.llm or desta.DeSTAConfig().llm_model_id)
         llm, tok = desta.Llama.from_pretrained(llm_dir, dtype, device), desta.Tokenizer.from_pretrained(llm_dir)

@@ -52,6 +52,8 @@ class TrainConfig:
     prompt_size: int = 64
     taps: str = ""                # encoder layers the Q-Former reads, e.g. "1,3"; "" = every quarter of the encoder
     mask_audio_padding: bool = False  # Q-Former reads only the clip's frames, not the 30 s padding (DeSTAConfig)
+    crop_encoder_input: bool = False  # Whisper too reads only the clip, rounded up to whole seconds (DeSTAConfig)
+    feature_cache: str = ""       # folder for cached encoder taps (computed once, data.FeatureCache); "" = stream audio
     # optimisation (SPEC 8)
     lr: float = 1e-4
     betas: tuple = (0.9, 0.98)
@@ -67,8 +69,8 @@ class TrainConfig:
     val_max_seq_len: int = 512
     seed: int = 42
     # machinery
-    dtype: str = "auto"           # backbones: auto = bf16 on GPU, fp32 on CPU; the adapter stays fp32
-    autocast: str = "auto"        # auto = bf16 autocast on GPU; "none" or "bf16" to force
+    dtype: str = "auto"           # backbones: auto = bf16 on a GPU or an AMX CPU, else fp32 (desta.pick_dtype)
+    autocast: str = "auto"        # auto = bf16 autocast when the backbones are bf16; "none" or "bf16" to force
     num_workers: int = 2
     compile: bool = False
     checkpoint_layers: bool = False
@@ -93,7 +95,8 @@ PRESETS = {
     # small model, small data, one CPU: a short warmup and a higher learning rate; 32 queries on 2 taps
     # (1.56x the samples/s of 64 on all 4) reading only the clip's frames (DeSTAConfig.mask_audio_padding)
     "tiny": dict(lr=1e-3, warmup_steps=10, epochs=3, batch_size=8, global_batch=16, num_workers=1,
-                 prompt_size=32, taps="1,3", mask_audio_padding=True,
+                 prompt_size=32, taps="1,3", mask_audio_padding=True, crop_encoder_input=True,
+                 feature_cache="data_tiny/features",
                  eval_every=100, eval_max_new_tokens=48, save_every=100),
     "desta25": dict(llm="DeSTA-ntu/Llama-3.1-8B-Instruct", encoder="openai/whisper-large-v3",
                     train_manifest="data/train.jsonl", val_manifest="data/validation.jsonl", data_root="data",
@@ -130,7 +133,8 @@ def model_config(cfg: TrainConfig) -> desta.DeSTAConfig:
     return desta.DeSTAConfig(llm_model_id=cfg.llm, encoder_model_id=cfg.encoder,
                              qformer_num_hidden_layers=cfg.qformer_layers, prompt_size=cfg.prompt_size,
                              qformer_ffn_dim=cfg.qformer_ffn_dim, use_lora=cfg.lora,
-                             mask_audio_padding=cfg.mask_audio_padding,
+                             mask_audio_padding=cfg.mask_audio_padding or cfg.crop_encoder_input,
+                             crop_encoder_input=cfg.crop_encoder_input,
                              target_layer_ids=[int(t) for t in cfg.taps.split(",")] if cfg.taps else None)
 
 
@@ -205,10 +209,10 @@ def barrier(world: int) -> None:
 
 
 @torch.no_grad()
-def validate(model, rows, cfg, device, amp, n_mels) -> dict:
+def validate(model, rows, cfg, device, amp, n_mels, features=None) -> dict:
     """Mean validation loss over a few batches, and greedy answers for a few clips."""
     model.eval()
-    ds = data.AudioTextDataset(rows, cfg.data_root, n_mels)
+    ds = data.AudioTextDataset(rows, cfg.data_root, n_mels, features)
     losses = []
     for b in range(min(cfg.eval_batches, math.ceil(len(rows) / cfg.batch_size))):
         batch = data.collate([ds[i] for i in range(b * cfg.batch_size, min(len(rows), (b + 1) * cfg.batch_size))])
@@ -216,20 +220,41 @@ def validate(model, rows, cfg, device, amp, n_mels) -> dict:
             continue
         inputs = model_inputs(model, batch, cfg.val_max_seq_len, device)
         with amp:
-            losses.append(model(batch["mel"].to(device), inputs, cfg.loss_chunk).item())
+            losses.append(model(batch_audio(batch, device), inputs, cfg.loss_chunk).item())
     samples = []
     items = [ds[i] for i in range(min(cfg.eval_samples, len(rows)))]
     items = [it for it in items if "error" not in it]
     if items:
-        mel = torch.cat([it["mel"] for it in items]).to(device)
+        audio = batch_audio(data.collate(items), device)
         texts = [data.row_audios(it["row"])[0].get("text") or " " for it in items]
         with amp:
-            answers = generate.answer(model, mel, [it["row"]["prompt"] for it in items], texts,
+            answers = generate.answer(model, audio, [it["row"]["prompt"] for it in items], texts,
                                       generate.Sampling(cfg.eval_max_new_tokens))
         samples = [{"id": it["row"]["id"], "prompt": it["row"]["prompt"], "answer": a, "target": it["row"]["response"]}
                    for it, a in zip(items, answers)]
     model.train()
     return {"val_loss": sum(losses) / max(1, len(losses)), "samples": samples}
+
+
+def batch_audio(batch: dict, device):
+    """A collated batch's audio for the model: log-mel, or cached encoder features."""
+    if batch["audio"] is not None:
+        return batch["audio"].to(device)
+    return batch["mel"].to(device, non_blocking=True)
+
+
+def feature_cache(cfg: TrainConfig, model, rows: list[dict], rank: int, world: int, log) -> data.FeatureCache | None:
+    """With cfg.feature_cache: make sure every clip of `rows` has its encoder taps cached (each rank
+    computes its share; a second run computes nothing), then train from the cache."""
+    if not cfg.feature_cache:
+        return None
+    m = model.cfg
+    cache = data.FeatureCache(cfg.feature_cache, cfg.data_root, desta.resolve_weights(cfg.encoder), model.taps,
+                              m.mask_audio_padding, m.crop_encoder_input)
+    clips = list(dict.fromkeys(a["audio"] for r in rows for a in data.row_audios(r)))
+    cache.build(model.whisper, clips[rank::world], log=print if rank == 0 else lambda *a: None)
+    barrier(world)
+    return cache
 
 
 def model_inputs(model, batch, max_len, device) -> desta.DeSTABatch:
@@ -265,22 +290,22 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- model: frozen backbones, fresh adapter (PyTorch default init), seeded identically everywhere
     torch.manual_seed(cfg.seed)
-    dtype = {"auto": torch.bfloat16 if cuda else torch.float32, "bf16": torch.bfloat16,
-             "fp32": torch.float32}[cfg.dtype]
+    dtype, why = desta.pick_dtype(device, cfg.dtype)
     model = desta.DeSTA.from_config(model_config(cfg), dtype=dtype, device=device)
     model.llm.checkpoint_layers = cfg.checkpoint_layers
     if cfg.compile:
         for block in [*model.llm.layers, *model.whisper.layers, *model.connector.qformer["layer"]]:
             block.compile()
     connector = DDP(model.connector) if world > 1 else model.connector
-    amp_dtype = {"auto": torch.bfloat16 if cuda else None, "bf16": torch.bfloat16, "none": None}[cfg.autocast]
+    amp_dtype = {"auto": torch.bfloat16 if dtype == torch.bfloat16 else None, "bf16": torch.bfloat16,
+                 "none": None}[cfg.autocast]
     amp = torch.autocast(device_type="cuda" if cuda else "cpu", dtype=amp_dtype) if amp_dtype else nullcontext()
     params = [p for p in model.parameters() if p.requires_grad]  # the adapter (+ LoRA factors)
     lora_params = [p for n, p in model.llm.named_parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
                             fused=cuda)
     log(f"adapter: {desta.count_parameters(model):,} trainable parameters; taps {model.taps}; "
-        f"backbones {dtype}; world {world}; device {device}")
+        f"backbones {str(dtype).removeprefix('torch.')} ({why}), autocast {amp_dtype}; world {world}; device {device}")
 
     # ---- data
     rows = data.read_jsonl(cfg.train_manifest, required=("id", "messages", "response"))
@@ -291,7 +316,8 @@ def main(argv: list[str] | None = None) -> dict:
     n_batches = len(data.length_bucketed_batches(lengths, cfg.batch_size, cfg.seed, 0)) // world
     steps_per_epoch = max(1, n_batches // accum)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    dataset = data.AudioTextDataset(rows, cfg.data_root, model.whisper.cfg.n_mels)
+    features = feature_cache(cfg, model, rows + val_rows, rank, world, log)
+    dataset = data.AudioTextDataset(rows, cfg.data_root, model.whisper.cfg.n_mels, features)
     log(f"data: {len(rows)} rows, micro-batch {cfg.batch_size} x {accum} accumulation x {world} ranks "
         f"= {cfg.batch_size * accum * world} per step; {steps_per_epoch} steps/epoch; {total} steps")
 
@@ -365,7 +391,7 @@ def main(argv: list[str] | None = None) -> dict:
                 ids += [r["id"] for r in batch["rows"]]
                 sync = micro == accum - 1
                 with (connector.no_sync() if world > 1 and not sync else nullcontext()), amp:
-                    loss = model(batch["mel"].to(device, non_blocking=True), inputs, cfg.loss_chunk, connector)
+                    loss = model(batch_audio(batch, device), inputs, cfg.loss_chunk, connector)
                 if not torch.isfinite(loss):
                     raise SystemExit(f"stopping: loss is {loss.item()} at step {step} (rank {rank}), batch ids {ids}")
                 (loss / accum).backward()
@@ -395,7 +421,7 @@ def main(argv: list[str] | None = None) -> dict:
                 t_last, tokens, samples = time.time(), 0, 0
             emit(rec)
             if val_rows and master and (step % cfg.eval_every == 0 or step == total):
-                v = validate(model, val_rows, cfg, device, amp, model.whisper.cfg.n_mels)
+                v = validate(model, val_rows, cfg, device, amp, model.whisper.cfg.n_mels, features)
                 emit({"step": step, "val_loss": v["val_loss"], "samples": v["samples"]})
                 log(f"step {step} | val_loss {v['val_loss']:.4f}")
                 for s in v["samples"]:

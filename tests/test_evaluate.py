@@ -691,7 +691,8 @@ def test_tiny_end_to_end_references_and_resume(tmp_path, tiny_desta):
         assert report["run"][s] | {"seconds": 0} == {"system": s, "prompts": 22, "resumed": 0, "generated": 22,
                                                      "seconds": 0}
     table = (out / "tiny.md").read_text().splitlines()
-    assert table[0] == "| Attribute | n | chance | majority | DeSTA | Text-only (description) | Cascade (ASR) |"
+    assert table[0] == ("| Attribute | n | chance | majority | DeSTA | Text-only (description) | Cascade (ASR) "
+                        "| DeSTA 95% CI |")
     assert len(table) == 2 + len(E.TINY_ATTRIBUTES) + 2
     assert table[2].startswith("| Gender | 1 | 50.00 | 100.00 | ")
     assert table[-1].startswith("| Instruction following | 4 | - | ")
@@ -876,6 +877,17 @@ def test_benchmark_runs_desta_and_cascade_with_two_audio_prompts(tmp_path, tiny_
     for k, start in enumerate(b.audio_starts.tolist()):
         assert torch.allclose(alone[start:start + 4], vecs[k], atol=1e-6)
     assert not torch.allclose(vecs[0], vecs[1])
+
+
+def test_intervals_are_wilson_and_cover_the_estimate():
+    # golden values: 8/10 -> Wilson 49.0-94.3%; 0/20 -> 0.0-16.1%; the macro interval narrows with n
+    lo, hi = E.wilson_interval(80.0, 10)
+    assert (round(lo, 1), round(hi, 1)) == (49.0, 94.3)
+    assert tuple(round(x, 1) for x in E.wilson_interval(0.0, 20)) == (0.0, 16.1)
+    assert E.wilson_interval(50.0, 0) is None
+    small = E.macro_interval({"a": {"acc": 80.0, "n": 10}, "b": {"acc": 40.0, "n": 10}})
+    large = E.macro_interval({"a": {"acc": 80.0, "n": 1000}, "b": {"acc": 40.0, "n": 1000}})
+    assert small[0] < large[0] < 60.0 < large[1] < small[1]
 
 
 def test_report_table_and_loss_plot(tmp_path):

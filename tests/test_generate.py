@@ -144,3 +144,23 @@ def test_gumbel_shortcut_is_exact():
         gumbel = -torch.log(-torch.log(generate.uniform_noise(seeds, steps, full)))
         expected = ((logits / T).double() + gumbel).argmax(-1)
         assert torch.equal(generate.sample(logits, T, 1.0, seeds, steps), expected)
+
+
+def test_shared_prefix_prefill_gives_the_same_tokens(tiny):
+    """Prompts that open alike (one clip's K prompts in self-generation) reuse the first one's cache rows:
+    the same tokens as running each alone, whatever the batch and the refill pattern."""
+    _, ours = tiny
+    base = prompts_of([80], seed=5)[0]
+    tails = prompts_of([3, 9, 1, 6, 12], seed=6)
+    prompts = [base + t for t in tails[:3]] + prompts_of([7], seed=7) + [base[:70] + t for t in tails[3:]]
+    assert generate.shared_prefixes(prompts) == [0, 80, 80, 0, 0, 70]
+    assert generate.shared_prefixes([base, base]) == [0, 79]           # a copy still runs its last token
+    assert generate.shared_prefixes([base, base[:40] + tails[0]]) == [0, 0]   # too short a prefix to share
+    kw = dict(max_new_tokens=12, stop_ids=[STOP])
+    alone = [generate.generate(ours, [p], **kw)[0] for p in prompts]
+    for batch_size in (2, 3, 6):
+        assert generate.generate(ours, prompts, batch_size=batch_size, **kw) == alone, batch_size
+    sampled = dict(kw, temperature=1.0, top_p=0.9, seeds=list(range(6)))
+    assert generate.generate(ours, prompts, batch_size=4, **sampled) == \
+        [generate.generate(ours, [p], seeds=[i], **{k: v for k, v in sampled.items() if k != "seeds"})[0]
+         for i, p in enumerate(prompts)]

@@ -55,6 +55,39 @@ def test_prompt_choice_and_row_layout():
                                   "audios": [{"audio": "a.wav", "text": "hello"}]}
 
 
+def test_attribute_prompts_are_added_without_changing_the_general_choice():
+    pools = {"speech": [f"speech prompt {i}" for i in range(50)], "sound": [f"sound prompt {i}" for i in range(50)],
+             "speech_attributes": ["speech prompt 0", *[f"speech attribute {i}" for i in range(9)]],
+             "sound_attributes": [f"sound attribute {i}" for i in range(10)]}
+    speech = {"id": "a.wav", "transcription": "hello"}
+    sound = {"id": "b.wav", "transcription": " "}
+    for clip, kind in ((speech, "speech"), (sound, "sound")):
+        general = generate.choose_prompts(clip, pools, 2, seed=1)
+        both = generate.choose_prompts(clip, pools, 2, seed=1, k_attributes=3)
+        assert both[:2] == general and len(set(both)) == 5      # distinct, even where the pools overlap
+        assert all(p in pools[f"{kind}_attributes"] for p in both[2:])
+        assert both == generate.choose_prompts(clip, pools, 2, seed=1, k_attributes=3)   # seeded: resumable
+    assert len(generate.choose_prompts(speech, pools, 1, seed=1, k_attributes=100)) == 1 + 10 - (
+        "speech prompt 0" in generate.choose_prompts(speech, pools, 1, seed=1))      # capped at the pool
+
+
+def test_target_coverage_counts_stated_and_correct_attributes():
+    import evaluate
+    seeds = [{"id": "m.wav", "gender": "Male", "accent": "American", "volume": "Loud"},
+             {"id": "f.wav", "gender": "Female", "volume": "Quiet"}]
+    rows = [{"id": "m.wav", "response": "The speaker is a man with an American accent."},
+            {"id": "m.wav", "response": "It is loud. Is it male or female? Hard to say."},
+            {"id": "f.wav", "response": "A female voice, quite quiet."},
+            {"id": "f.wav", "response": "Nothing to say."}]
+    cov = evaluate.target_coverage(rows, seeds)
+    assert cov["Gender"] == {"n": 4, "stated": 75.0, "correct": 50.0}     # both genders named: stated, not correct
+    assert cov["Accent"] == {"n": 2, "stated": 50.0, "correct": 50.0}
+    assert cov["Volume"] == {"n": 4, "stated": 50.0, "correct": 50.0}
+    assert "Speakers" not in cov and "| Gender | 4 | 75.0 | 50.0 |" in evaluate.coverage_table(cov)
+    with pytest.raises(ValueError, match="no clip in the seed manifest"):
+        evaluate.target_coverage([{"id": "x.wav", "response": ""}], seeds)
+
+
 def test_balanced_prompts_per_clip_upsample_small_corpora():
     rows = [{"id": f"s{i}", "dataset": "big", "transcription": "x"} for i in range(40)]
     rows += [{"id": f"t{i}", "dataset": "small", "transcription": " "} for i in range(10)]
