@@ -53,7 +53,7 @@ class TrainConfig:
     taps: str = ""                # encoder layers the Q-Former reads, e.g. "1,3"; "" = every quarter of the encoder
     mask_audio_padding: bool = False  # Q-Former reads only the clip's frames, not the 30 s padding (DeSTAConfig)
     crop_encoder_input: bool = False  # Whisper too reads only the clip, rounded up to whole seconds (DeSTAConfig)
-    feature_cache: str = ""       # folder for cached encoder taps (computed once, data.FeatureCache); "" = stream audio
+    feature_cache: str = ""       # cached encoder taps (data.FeatureCache), relative to data_root; "" = stream audio
     # optimisation (SPEC 8)
     lr: float = 1e-4
     betas: tuple = (0.9, 0.98)
@@ -93,10 +93,11 @@ class TrainConfig:
 
 PRESETS = {
     # small model, small data, one CPU: a short warmup and a higher learning rate; 32 queries on 2 taps
-    # (1.56x the samples/s of 64 on all 4) reading only the clip's frames (DeSTAConfig.mask_audio_padding)
-    "tiny": dict(lr=1e-3, warmup_steps=10, epochs=3, batch_size=8, global_batch=16, num_workers=1,
+    # (1.56x the samples/s of 64 on all 4); Whisper and the Q-Former read only the clip's frames
+    # (DeSTAConfig.crop_encoder_input), and the taps come from the feature cache (computed once)
+    "tiny": dict(lr=1e-3, warmup_steps=10, epochs=1, batch_size=8, global_batch=16, num_workers=1,
                  prompt_size=32, taps="1,3", mask_audio_padding=True, crop_encoder_input=True,
-                 feature_cache="data_tiny/features",
+                 feature_cache=data.FEATURES_DIR,
                  eval_every=100, eval_max_new_tokens=48, save_every=100),
     "desta25": dict(llm="DeSTA-ntu/Llama-3.1-8B-Instruct", encoder="openai/whisper-large-v3",
                     train_manifest="data/train.jsonl", val_manifest="data/validation.jsonl", data_root="data",
@@ -249,10 +250,10 @@ def feature_cache(cfg: TrainConfig, model, rows: list[dict], rank: int, world: i
     if not cfg.feature_cache:
         return None
     m = model.cfg
-    cache = data.FeatureCache(cfg.feature_cache, cfg.data_root, desta.resolve_weights(cfg.encoder), model.taps,
-                              m.mask_audio_padding, m.crop_encoder_input)
+    cache = data.FeatureCache(Path(cfg.data_root) / cfg.feature_cache, cfg.data_root,
+                              desta.resolve_weights(cfg.encoder), model.taps, m.mask_audio_padding, m.crop_encoder_input)
     clips = list(dict.fromkeys(a["audio"] for r in rows for a in data.row_audios(r)))
-    cache.build(model.whisper, clips[rank::world], log=print if rank == 0 else lambda *a: None)
+    cache.build(model.whisper, clips[rank::world], log=log)
     barrier(world)
     return cache
 
