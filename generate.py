@@ -40,12 +40,17 @@ import desta
 def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """Keep the smallest set of most likely tokens whose mass reaches top_p (the nucleus), renormalised.
 
-    probs (B, V). The most likely token always stays, so top_p -> 0 is greedy.
+    probs (B, V). The most likely token always stays, so top_p = 0 is greedy (ties: the lowest id,
+    as argmax picks); top_p >= 1 keeps every token.
     """
-    sorted_p, idx = probs.sort(dim=-1, descending=True)
-    mass_before = sorted_p.cumsum(-1) - sorted_p      # mass of the strictly more likely tokens
-    sorted_p = sorted_p.masked_fill(mass_before >= top_p, 0.0)
-    kept = torch.zeros_like(probs).scatter_(-1, idx, sorted_p)
+    if top_p >= 1.0:
+        return probs  # a cumulative sum that rounds past 1 must not drop the tail
+    sorted_p, idx = probs.sort(dim=-1, descending=True, stable=True)
+    # mass of the strictly more likely tokens (an exclusive cumsum, not cumsum - p, which can round)
+    mass_before = torch.cat([torch.zeros_like(sorted_p[:, :1]), sorted_p[:, :-1].cumsum(-1)], dim=-1)
+    drop = mass_before >= top_p
+    drop[:, 0] = False  # without this, top_p = 0 drops every token and the renormalisation gives NaN
+    kept = torch.zeros_like(probs).scatter_(-1, idx, sorted_p.masked_fill(drop, 0.0))
     return kept / kept.sum(-1, keepdim=True)
 
 

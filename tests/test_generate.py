@@ -144,3 +144,19 @@ def test_gumbel_shortcut_is_exact():
         gumbel = -torch.log(-torch.log(generate.uniform_noise(seeds, steps, full)))
         expected = ((logits / T).double() + gumbel).argmax(-1)
         assert torch.equal(generate.sample(logits, T, 1.0, seeds, steps), expected)
+
+
+def test_top_p_zero_is_greedy_not_nan(tiny):
+    """--top-p 0 once gave NaN (every token masked): it keeps the most likely token, like greedy."""
+    probs = torch.tensor([[0.05, 0.5, 0.2, 0.15, 0.1], [0.4, 0.1, 0.4, 0.05, 0.05]])
+    kept = generate.top_p_filter(probs, 0.0)
+    assert not kept.isnan().any()
+    assert torch.equal(kept, torch.tensor([[0.0, 1, 0, 0, 0], [1, 0, 0, 0, 0]]))  # a tie: the lowest id, as argmax
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(32, 300, generator=g)
+    n = torch.arange(32)
+    assert torch.equal(generate.sample(logits, 1.0, 0.0, n, n), logits.argmax(-1))
+    _, ours = tiny
+    prompts = prompts_of([5, 9, 13])
+    greedy = generate.generate(ours, prompts, max_new_tokens=12)
+    assert generate.generate(ours, prompts, max_new_tokens=12, temperature=1.0, top_p=0.0, seed=0) == greedy
