@@ -101,28 +101,68 @@ PRESETS = {
 }
 
 
+BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+# the smallest value each field may take (more would be a silent 0-step run or a division by zero)
+MINIMUM = dict(batch_size=1, global_batch=1, epochs=1, max_steps=0, warmup_steps=0, num_workers=0, log_every=1,
+               eval_every=1, eval_batches=0, eval_samples=0, eval_max_new_tokens=1, save_every=1, keep_last=1,
+               max_seq_len=1, val_max_seq_len=1, loss_chunk=1, qformer_layers=1, qformer_ffn_dim=1,
+               prompt_size=1, skip_check_after=0)
+
+
+def parse_value(key: str, value: str | None, default):
+    """One --key=value as the type of the field's default; a value that does not parse is an error
+    naming the flag (a bare --key is only a boolean's way to say true)."""
+    if isinstance(default, bool):
+        if value is None:
+            return True
+        if value.lower() not in BOOLEANS:
+            raise SystemExit(f"--{key}={value}: expected a boolean (true/false, 1/0, yes/no, on/off)")
+        return BOOLEANS[value.lower()]
+    if value is None:
+        raise SystemExit(f"--{key} needs a value: --{key}=VALUE")
+    try:
+        if isinstance(default, tuple):
+            parsed = tuple(float(x) for x in value.split(","))
+            if len(parsed) != len(default):
+                raise ValueError
+            return parsed
+        return type(default)(value)
+    except ValueError:
+        if isinstance(default, tuple):
+            want, example = f"{len(default)} comma-separated numbers", ",".join(map(str, default))
+        else:
+            want, example = {int: "an integer", float: "a number"}.get(type(default), type(default).__name__), default
+        raise SystemExit(f"--{key}={value}: expected {want}, e.g. --{key}={example}") from None
+
+
+def check_config(cfg: TrainConfig) -> TrainConfig:
+    """Values no run can use are errors, before any model loads."""
+    for key, low in MINIMUM.items():
+        if getattr(cfg, key) < low:
+            raise SystemExit(f"--{key}={getattr(cfg, key)}: must be at least {low}")
+    if not cfg.lr > 0:
+        raise SystemExit(f"--lr={cfg.lr}: must be positive")
+    if not all(0 <= b < 1 for b in cfg.betas):
+        raise SystemExit(f"--betas={','.join(map(str, cfg.betas))}: each must be in [0, 1)")
+    return cfg
+
+
 def parse_config(argv: list[str]) -> TrainConfig:
     """--preset=NAME first, then --key=value overrides with the field's type; unknown keys are errors."""
-    args = dict(a[2:].split("=", 1) if "=" in a else (a[2:], "true") for a in argv)
     bad = [a for a in argv if not a.startswith("--")]
     if bad:
         raise SystemExit(f"arguments must look like --key=value, got {bad}")
+    args = dict(a[2:].split("=", 1) if "=" in a else (a[2:], None) for a in argv)
     preset = args.pop("preset", "tiny")
     if preset not in PRESETS:
         raise SystemExit(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     values = dict(PRESETS[preset])
-    types = {f.name: type(getattr(TrainConfig, f.name)) for f in fields(TrainConfig)}
+    known = {f.name for f in fields(TrainConfig)}
     for k, v in args.items():
-        if k not in types:
-            raise SystemExit(f"unknown config key --{k} (known: {', '.join(sorted(types))})")
-        t = types[k]
-        if t is bool:
-            values[k] = v.lower() in ("1", "true", "yes")
-        elif t is tuple:
-            values[k] = tuple(float(x) for x in v.split(","))
-        else:
-            values[k] = t(v)
-    return TrainConfig(**values)
+        if k not in known:
+            raise SystemExit(f"unknown config key --{k} (known: {', '.join(sorted(known))})")
+        values[k] = parse_value(k, v, getattr(TrainConfig, k))
+    return check_config(TrainConfig(**values))
 
 
 def model_config(cfg: TrainConfig) -> desta.DeSTAConfig:

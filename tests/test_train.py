@@ -56,6 +56,27 @@ def test_bad_config_keys_are_errors():
     assert cfg.qformer_layers == 6 and cfg.lr == 2e-4 and cfg.betas == (0.9, 0.95) and cfg.compile
 
 
+@pytest.mark.parametrize("flag, message", [
+    ("--lora=maybe", "--lora=maybe: expected a boolean"), ("--compile=maybe", "--compile=maybe: expected a boolean"),
+    ("--lr", "--lr needs a value"), ("--lr=abc", "--lr=abc: expected a number"),
+    ("--betas=0.9", "--betas=0.9: expected 2 comma-separated numbers"), ("--batch_size=0", "--batch_size=0: must be at least 1"),
+    ("--max_steps=-5", "--max_steps=-5: must be at least 0"), ("--epochs=0", "--epochs=0: must be at least 1"),
+    ("--batch_size=2.5", "--batch_size=2.5: expected an integer"), ("--save_every=0", "--save_every=0: must be"),
+])
+def test_bad_config_values_name_the_flag(flag, message):
+    with pytest.raises(SystemExit, match="^" + message.replace(".", r"\.")) as e:
+        train.parse_config([flag])
+    assert "\n" not in str(e.value)
+
+
+def test_boolean_flags_accept_the_usual_spellings():
+    for word, value in [("on", True), ("off", False), ("yes", True), ("No", False), ("1", True), ("0", False),
+                        ("TRUE", True), ("false", False)]:
+        cfg = train.parse_config([f"--lora={word}", f"--mask_audio_padding={word}"])
+        assert cfg.lora is value and cfg.mask_audio_padding is value, word
+    assert train.parse_config(["--compile"]).compile is True  # a bare boolean flag means true
+
+
 def test_warmup_cosine_schedule():
     cfg = train.TrainConfig(lr=1e-3, warmup_steps=10, min_lr=1e-5)
     assert train.lr_at(0, cfg, 110) == pytest.approx(1e-4)
