@@ -326,10 +326,18 @@ def main(argv: list[str] | None = None) -> dict:
     rows = data.read_jsonl(cfg.train_manifest, required=("id", "messages", "response"))
     val_rows = data.read_jsonl(cfg.val_manifest, required=("id", "messages", "response")) \
         if cfg.val_manifest and Path(cfg.val_manifest).is_file() else []
+    if not rows:
+        raise SystemExit(f"{cfg.train_manifest}: no rows to train on")
     accum = max(1, cfg.global_batch // (cfg.batch_size * world))
     lengths = [data.row_length(r) for r in rows]
     n_batches = len(data.length_bucketed_batches(lengths, cfg.batch_size, cfg.seed, 0)) // world
-    steps_per_epoch = max(1, n_batches // accum)
+    if n_batches == 0:
+        raise SystemExit(f"{cfg.train_manifest}: {len(rows)} rows cannot give each of {world} ranks a batch")
+    if n_batches < accum:  # a small manifest: train on what there is rather than wait for a full step
+        log(f"note: {n_batches} micro-batches per rank and epoch, fewer than the {accum} accumulation steps "
+            f"global_batch={cfg.global_batch} asks for; accumulating {n_batches}")
+        accum = n_batches
+    steps_per_epoch = n_batches // accum
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     dataset = data.AudioTextDataset(rows, cfg.data_root, model.whisper.cfg.n_mels)
     log(f"data: {len(rows)} rows, micro-batch {cfg.batch_size} x {accum} accumulation x {world} ranks "
@@ -369,6 +377,7 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- loop
     model.train()
     seen = skipped = tokens = samples = 0
+    first_error = None
     # model FLOPs per step (SPEC 11): frozen LLM forward + input-gradient backward ~ 4 x params x tokens,
     # plus the Whisper forward, 2 x params x 1500 frames per clip; the adapter is small next to them
     n_llm, n_whisper = desta.count_parameters(model.llm, False), desta.count_parameters(model.whisper, False)
@@ -394,6 +403,7 @@ def main(argv: list[str] | None = None) -> dict:
                 batch_in_epoch += 1
                 seen += len(batch["indices"]) + len(batch["errors"])
                 skipped += len(batch["errors"])
+                first_error = first_error or next(iter(batch["errors"]), None)
                 for e in batch["errors"]:
                     print(f"rank {rank}: skipped unreadable clip: {e}", file=sys.stderr, flush=True)
                 if seen >= cfg.skip_check_after and skipped / seen > cfg.max_skip_rate:
@@ -412,6 +422,13 @@ def main(argv: list[str] | None = None) -> dict:
                 loss_sum += loss.item() / accum
                 tokens += int(inputs.attn_mask.sum())
                 samples += len(batch["rows"])
+            used = len(ids)
+            if world > 1:  # every rank must agree on whether this step happens
+                used_t = torch.tensor(used, device=device)
+                dist.all_reduce(used_t)
+                used = int(used_t)
+            if used == 0:
+                continue  # no readable clip in the whole step: nothing learned, so the schedule does not move
             if world > 1 and lora_params:  # DDP wraps the connector only: average the LoRA gradients here
                 for p in lora_params:
                     dist.all_reduce(p.grad)
@@ -442,6 +459,9 @@ def main(argv: list[str] | None = None) -> dict:
                     log(f"  [{s['id']}] {s['prompt']}\n    -> {s['answer'][:200]!r}")
             if step % cfg.save_every == 0 or step == total:
                 save_checkpoint(model, opt, step, epoch, batch_in_epoch, cfg, rank, world, out_dir)
+        if seen and skipped == seen:  # else a manifest whose audio is all unreadable would loop forever
+            raise SystemExit(f"stopping: all {seen} clips read so far were unreadable (e.g. {first_error}); "
+                             f"check data_root={cfg.data_root} and the manifest's audio paths")
         if step < total:
             epoch, batch_in_epoch = epoch + 1, 0
     assert frozen_checksum(model) == frozen_before, "frozen backbone weights changed during training"

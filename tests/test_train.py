@@ -157,3 +157,47 @@ def test_lora_ablation_trains(random_backbones, tmp_path):
     model = desta.DeSTA.from_pretrained(out / "ckpt-00000003")
     lora_b = [p for n, p in model.llm.named_parameters() if "lora_B" in n]
     assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # B left zero = LoRA never trained
+
+
+def test_small_or_empty_manifest_trains_or_stops(random_backbones, tmp_path):
+    """8 rows in 4 micro-batches with 8 accumulation steps asked for once hung (no step ever filled):
+    it trains, accumulating what there is; an empty manifest is an error. Subprocesses, so a hang fails."""
+    manifest = write_tiny_training_set(tmp_path / "data", n=8)
+    p = run_train(args(random_backbones, manifest, tmp_path / "small", max_steps=0, epochs=2, global_batch=16))
+    try:
+        out, _ = p.communicate(timeout=240)
+    finally:
+        p.kill()
+    assert p.returncode == 0, out
+    assert "accumulating 4" in out
+    assert [r["step"] for r in read_log(tmp_path / "small") if "loss" in r] == [1, 2]  # one step per epoch
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    p = run_train(args(random_backbones, empty, tmp_path / "none"))
+    try:
+        out, _ = p.communicate(timeout=240)
+    finally:
+        p.kill()
+    assert p.returncode != 0 and "empty.jsonl: no rows to train on" in out, out
+    assert not list((tmp_path / "none").glob("ckpt-*"))
+
+
+def test_steps_without_a_readable_clip_do_not_count(random_backbones, tmp_path):
+    """A step whose every clip is unreadable does not advance the schedule (it used to log loss 0,
+    grad_norm 0 and count), and a manifest whose audio is all unreadable is an error, not a checkpoint."""
+    import data
+    manifest = write_tiny_training_set(tmp_path / "data", n=8)
+    rows = data.read_jsonl(manifest)
+    first = data.length_bucketed_batches([data.row_length(r) for r in rows], 2, 42, 0)[0]  # seed 42: the default
+    for i in first:
+        (tmp_path / "data" / rows[i]["id"]).write_bytes(b"not audio")
+    out = tmp_path / "run"
+    train.main(args(random_backbones, manifest, out, max_steps=3, global_batch=2, max_skip_rate=1.0))
+    steps = [r for r in read_log(out) if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    assert all(r["loss"] > 0 and r["grad_norm"] > 0 for r in steps), steps
+    for r in rows:
+        (tmp_path / "data" / r["id"]).write_bytes(b"not audio")
+    with pytest.raises(SystemExit, match="all 8 clips read so far were unreadable"):
+        train.main(args(random_backbones, manifest, tmp_path / "bad", max_steps=4, max_skip_rate=1.0))
+    assert not list((tmp_path / "bad").glob("ckpt-*"))
