@@ -210,8 +210,27 @@ def set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    done = sorted(p for p in out_dir.glob("ckpt-*") if (p / "train_state.pt").is_file())
+def checkpoint_problem(ckpt: Path, world: int) -> str | None:
+    """Why a ckpt-* folder cannot be resumed from (a file lost after the atomic rename), or None."""
+    need = ("config.json", "model.safetensors", "train_state.pt", *(f"rng-{r}.pt" for r in range(world)))
+    missing = [f for f in need if not (ckpt / f).is_file()]
+    return f"missing {', '.join(missing)}" if missing else None
+
+
+def complete_checkpoints(out_dir: Path, world: int, warn: bool = False) -> list[Path]:
+    """The ckpt-* folders a run can resume from, oldest first; broken ones are named (warn) and left out."""
+    done = []
+    for p in sorted(out_dir.glob("ckpt-*")):
+        why = checkpoint_problem(p, world)
+        if why is None:
+            done.append(p)
+        elif warn:
+            print(f"skipping broken checkpoint {p} ({why})", file=sys.stderr, flush=True)
+    return done
+
+
+def latest_checkpoint(out_dir: Path, world: int = 1, warn: bool = True) -> Path | None:
+    done = complete_checkpoints(out_dir, world, warn)
     return done[-1] if done else None
 
 
@@ -228,8 +247,11 @@ def save_checkpoint(model, opt, step, epoch, batch_in_epoch, cfg, rank, world, o
         model.save_pretrained(tmp)
         torch.save({"optimizer": opt.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
                     "world": world, "config": asdict(cfg)}, tmp / "train_state.pt")
+        # a ckpt folder of this step can only be a broken one (a complete one would have been resumed
+        # from): os.replace cannot overwrite a non-empty folder, so it goes first
+        shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)  # a checkpoint folder exists only once complete
-        for old in sorted(out_dir.glob("ckpt-*"))[:-cfg.keep_last]:
+        for old in complete_checkpoints(out_dir, world)[:-cfg.keep_last]:  # broken ones are not kept ones
             shutil.rmtree(old)
     barrier(world)
 
@@ -345,7 +367,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- resume
     step, epoch, batch_in_epoch = 0, 0, 0
-    ckpt = latest_checkpoint(out_dir)
+    ckpt = latest_checkpoint(out_dir, world, warn=master)
     if ckpt is not None:
         state = torch.load(ckpt / "train_state.pt", weights_only=False)
         if state["world"] != world:

@@ -201,3 +201,26 @@ def test_steps_without_a_readable_clip_do_not_count(random_backbones, tmp_path):
     with pytest.raises(SystemExit, match="all 8 clips read so far were unreadable"):
         train.main(args(random_backbones, manifest, tmp_path / "bad", max_steps=4, max_skip_rate=1.0))
     assert not list((tmp_path / "bad").glob("ckpt-*"))
+
+
+def test_broken_checkpoints_are_skipped_and_not_kept(random_backbones, tmp_path, capsys):
+    """A ckpt folder that lost a file (train_state.pt, rng-0.pt) is named and skipped, not loaded; saving
+    that step again replaces it (os.replace onto it used to fail: 'Directory not empty', on every rerun);
+    a leftover .tmp-ckpt-N is no obstacle; and broken folders do not count as kept ones (keep_last)."""
+    manifest = write_tiny_training_set(tmp_path / "data")
+    out = tmp_path / "run"
+    train.main(args(random_backbones, manifest, out, max_steps=4, save_every=2, keep_last=2))
+    (out / "ckpt-00000004" / "rng-0.pt").unlink()
+    (out / "ckpt-00000005").mkdir()
+    (out / "ckpt-00000005" / "config.json").write_text("{}")
+    (out / ".tmp-ckpt-00000004" / "sub").mkdir(parents=True)
+    (out / ".tmp-ckpt-00000004" / "sub" / "junk").write_text("left by a kill")
+    capsys.readouterr()
+    train.main(args(random_backbones, manifest, out, max_steps=6, save_every=2, keep_last=2))
+    captured = capsys.readouterr()
+    assert "skipping broken checkpoint" in captured.err and "ckpt-00000004 (missing rng-0.pt)" in captured.err
+    assert "ckpt-00000005 (missing model.safetensors, train_state.pt, rng-0.pt)" in captured.err
+    assert f"resumed from {out / 'ckpt-00000002'} at step 2" in captured.out
+    assert [p.name for p in train.complete_checkpoints(out, 1)] == ["ckpt-00000004", "ckpt-00000006"]
+    (out / "ckpt-00000006" / "train_state.pt").unlink()
+    assert train.latest_checkpoint(out) == out / "ckpt-00000004"
