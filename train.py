@@ -87,6 +87,25 @@ class TrainConfig:
     check_sync: bool = False      # all-gather an adapter checksum every step and stop if ranks differ
     wandb: str = ""               # a project name enables wandb logging, if installed
     peak_tflops: float = 0.0      # the GPU's dense bf16 peak for MFU; 0 = from the device name (H100/H200/A100)
+    allow_changes: bool = False   # resume even where the settings differ from the checkpoint's (see RESUME_FREE)
+
+
+# settings a resumed run may change: they decide what is logged, evaluated and kept, and how fast it
+# runs, not which numbers it computes. Any other difference (data, batch, schedule, model) would make
+# the resumed run a different one that silently continues the old one's checkpoint.
+RESUME_FREE = {"out_dir", "val_manifest", "num_workers", "compile", "checkpoint_layers", "log_every", "eval_every",
+               "eval_batches", "eval_samples", "eval_max_new_tokens", "save_every", "keep_last", "max_skip_rate",
+               "skip_check_after", "check_sync", "wandb", "peak_tflops", "allow_changes", "loss_chunk"}
+
+
+def resume_changes(saved: dict, cfg: TrainConfig, saved_rows: int | None, rows: int) -> list[str]:
+    """What differs between a checkpoint's training settings (and manifest size) and this run's."""
+    now = asdict(cfg)
+    changes = [f"{k}={saved[k]!r} (now {now[k]!r})" for k in now
+               if k in saved and k not in RESUME_FREE and saved[k] != now[k]]
+    if saved_rows is not None and saved_rows != rows:
+        changes.append(f"{saved_rows} manifest rows (now {rows})")
+    return changes
 
 
 PRESETS = {
@@ -234,8 +253,10 @@ def latest_checkpoint(out_dir: Path, world: int = 1, warn: bool = True) -> Path 
     return done[-1] if done else None
 
 
-def save_checkpoint(model, opt, step, epoch, batch_in_epoch, cfg, rank, world, out_dir: Path) -> None:
-    """Every rank writes its RNG state into a temp folder; rank 0 writes the rest and renames it."""
+def save_checkpoint(model, opt, step, epoch, batch_in_epoch, cfg, rank, world, out_dir: Path,
+                    rows: int | None = None) -> None:
+    """Every rank writes its RNG state into a temp folder; rank 0 writes the rest and renames it.
+    rows: the training manifest's row count, checked on resume."""
     tmp, final = out_dir / f".tmp-ckpt-{step:08d}", out_dir / f"ckpt-{step:08d}"
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -246,7 +267,7 @@ def save_checkpoint(model, opt, step, epoch, batch_in_epoch, cfg, rank, world, o
     if rank == 0:
         model.save_pretrained(tmp)
         torch.save({"optimizer": opt.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                    "world": world, "config": asdict(cfg)}, tmp / "train_state.pt")
+                    "world": world, "config": asdict(cfg), "rows": rows}, tmp / "train_state.pt")
         # a ckpt folder of this step can only be a broken one (a complete one would have been resumed
         # from): os.replace cannot overwrite a non-empty folder, so it goes first
         shutil.rmtree(final, ignore_errors=True)
@@ -372,6 +393,12 @@ def main(argv: list[str] | None = None) -> dict:
         state = torch.load(ckpt / "train_state.pt", weights_only=False)
         if state["world"] != world:
             raise SystemExit(f"{ckpt} was written by {state['world']} ranks; resume with the same world size")
+        changes = resume_changes(state["config"], cfg, state.get("rows"), len(rows))
+        if changes and not cfg.allow_changes:
+            raise SystemExit(f"{ckpt} was trained with other settings: {'; '.join(changes)}. Resume with the "
+                             f"same settings, train into a new --out_dir, or pass --allow_changes=true")
+        if changes:
+            log(f"note: resuming {ckpt} with changed settings: {'; '.join(changes)}")
         model.load_adapter(ckpt)
         opt.load_state_dict(state["optimizer"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
@@ -480,7 +507,7 @@ def main(argv: list[str] | None = None) -> dict:
                 for s in v["samples"]:
                     log(f"  [{s['id']}] {s['prompt']}\n    -> {s['answer'][:200]!r}")
             if step % cfg.save_every == 0 or step == total:
-                save_checkpoint(model, opt, step, epoch, batch_in_epoch, cfg, rank, world, out_dir)
+                save_checkpoint(model, opt, step, epoch, batch_in_epoch, cfg, rank, world, out_dir, len(rows))
         if seen and skipped == seen:  # else a manifest whose audio is all unreadable would loop forever
             raise SystemExit(f"stopping: all {seen} clips read so far were unreadable (e.g. {first_error}); "
                              f"check data_root={cfg.data_root} and the manifest's audio paths")

@@ -224,3 +224,25 @@ def test_broken_checkpoints_are_skipped_and_not_kept(random_backbones, tmp_path,
     assert [p.name for p in train.complete_checkpoints(out, 1)] == ["ckpt-00000004", "ckpt-00000006"]
     (out / "ckpt-00000006" / "train_state.pt").unlink()
     assert train.latest_checkpoint(out) == out / "ckpt-00000004"
+
+
+def test_resume_with_other_settings_is_refused(random_backbones, tmp_path):
+    """A rerun into the same out_dir with another batch size, learning rate or manifest used to continue
+    the old checkpoint silently (and overwrite config.json): refused with the reason, unless asked for."""
+    manifest = write_tiny_training_set(tmp_path / "data")
+    other = write_tiny_training_set(tmp_path / "other", n=6)
+    out = tmp_path / "run"
+    train.main(args(random_backbones, manifest, out, max_steps=2, save_every=2))
+    config = (out / "config.json").read_text()
+    with pytest.raises(SystemExit, match=r"other settings: batch_size=2 \(now 4\); global_batch=4 \(now 8\)"):
+        train.main(args(random_backbones, manifest, out, max_steps=2, batch_size=4, global_batch=8))
+    with pytest.raises(SystemExit, match=r"lr=0.003 \(now 0.01\)"):
+        train.main(args(random_backbones, manifest, out, max_steps=2, lr=0.01))
+    with pytest.raises(SystemExit, match=r"train_manifest=.*data_root=.*8 manifest rows \(now 6\)"):
+        train.main(args(random_backbones, other, out, max_steps=2))
+    assert (out / "config.json").read_text() == config
+    # what only changes logging, evaluation or speed is free; anything else with --allow_changes=true
+    assert train.main(args(random_backbones, manifest, out, max_steps=2, log_every=5, num_workers=1))["step"] == 2
+    with pytest.raises(SystemExit, match=r"max_steps=2 \(now 3\)"):  # a longer run is another schedule
+        train.main(args(random_backbones, manifest, out, max_steps=3))
+    assert train.main(args(random_backbones, manifest, out, max_steps=3, lr=0.01, allow_changes="true"))["step"] == 3
