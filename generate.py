@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import os
 import random
@@ -239,6 +240,8 @@ def generate(llm: desta.Llama, prompts: list, max_new_tokens: int = 256, tempera
 
     Returns the new tokens of each prompt, without the stop token. Greedy when temperature is 0.
     """
+    if batch_size < 1 or max_new_tokens < 1:
+        raise ValueError(f"batch_size ({batch_size}) and max_new_tokens ({max_new_tokens}) must be at least 1")
     if not prompts:
         return []
     need = max(len(p) for p in prompts) + max_new_tokens
@@ -376,8 +379,11 @@ def merge_parts(out, seed_rows: list[dict], pools: dict[str, list[str]], k: int,
 
 @torch.no_grad()
 def transcribe_if_speech(waves: list, mel: torch.Tensor, vad: desta.SileroVAD, asr: desta.Whisper) -> list[str]:
-    """The paper's inference: Whisper transcribes clips where the VAD hears speech; others get " "."""
-    speech = [vad.has_speech(w) for w in waves]
+    """The paper's inference: Whisper transcribes clips where the VAD hears speech; others get " ".
+
+    The VAD listens to the first 30 s only, the window Whisper transcribes (mel): speech after it would
+    otherwise send Whisper 30 s of silence to transcribe."""
+    speech = [vad.has_speech(w[:data.N_SAMPLES]) for w in waves]
     texts = [" "] * len(waves)
     idx = [i for i, s in enumerate(speech) if s]
     if idx:
@@ -440,6 +446,57 @@ def device_for(rank: int) -> str:
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def at_least_one(text: str) -> int:
+    """argparse type for counts (batch size, new tokens, prompts per clip): 0 would do nothing, or crash."""
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def probability(text: str) -> float:
+    """argparse type for --top-p: 0 (greedy) .. 1 (the whole distribution)."""
+    p = float(text)
+    if not 0 <= p <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {p}")
+    return p
+
+
+def non_negative(text: str) -> float:
+    """argparse type for --temperature: 0 is greedy, below it means nothing."""
+    t = float(text)
+    if t < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {t}")
+    return t
+
+
+def duplicate_ids(rows: list[dict]) -> dict[str, int]:
+    """{id: count} for ids that occur more than once."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["id"]] = counts.get(r["id"], 0) + 1
+    return {i: n for i, n in counts.items() if n > 1}
+
+
+def check_selfgen_settings(out: Path, settings: dict, write: bool) -> None:
+    """Rows in one output come from one set of generation settings: a rerun with others (another
+    --max-new-tokens, --temperature, LLM...) would append a second kind of row to the first, or call a
+    file written with other settings complete. The first run records them in <out>.settings.json."""
+    path = out.with_name(out.name + ".settings.json")
+    have_rows = out.is_file() or any(out.parent.glob(f"{out.name}.part*"))
+    if path.is_file() and have_rows:  # settings of a run that wrote nothing bind nobody
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        diff = [f"{k}={saved[k]!r} (now {v!r})" for k, v in settings.items() if k in saved and saved[k] != v]
+        if diff:
+            raise data.ManifestError(f"{out} was generated with other settings: {'; '.join(diff)} (from {path}). "
+                                     f"Rerun with those settings, or write to another --out")
+    if write:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(settings, indent=2), encoding="utf-8")
+        os.replace(tmp, path)
+
+
 def main_selfgen(argv):
     ap = argparse.ArgumentParser(prog="generate.py selfgen",
                                  description="self-generate training targets with the backbone LLM (SPEC 1)")
@@ -447,19 +504,19 @@ def main_selfgen(argv):
     ap.add_argument("--llm", required=True, help="backbone LLM folder (HF layout) or repo id under weights/")
     ap.add_argument("--out", required=True, help="training manifest to write (jsonl, DeSTA-AQA5M layout)")
     ap.add_argument("--split", default=None, help="only seed rows of this split")
-    ap.add_argument("--k", type=int, default=4, help="prompts per clip")
+    ap.add_argument("--k", type=at_least_one, default=4, help="prompts per clip")
     ap.add_argument("--balance", action="store_true",
                     help="upsample small corpora: up to 4k prompts per clip, towards the largest corpus's rows")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--speech-prompts", default=PROMPT_POOLS["speech"])
     ap.add_argument("--sound-prompts", default=PROMPT_POOLS["sound"])
     ap.add_argument("--fixed-prompt", default=None, help="use this one prompt for every clip (the paper's 1-P)")
-    ap.add_argument("--max-new-tokens", type=int, default=SELFGEN_SAMPLING.max_new_tokens)
-    ap.add_argument("--temperature", type=float, default=SELFGEN_SAMPLING.temperature)
-    ap.add_argument("--top-p", type=float, default=SELFGEN_SAMPLING.top_p)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=at_least_one, default=SELFGEN_SAMPLING.max_new_tokens)
+    ap.add_argument("--temperature", type=non_negative, default=SELFGEN_SAMPLING.temperature)
+    ap.add_argument("--top-p", type=probability, default=SELFGEN_SAMPLING.top_p)
+    ap.add_argument("--batch-size", type=at_least_one, default=16)
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    ap.add_argument("--limit", type=int, default=None, help="only N seed rows, evenly spread over the manifest")
+    ap.add_argument("--limit", type=at_least_one, default=None, help="only N seed rows, evenly spread over the manifest")
     ap.add_argument("--compile", action="store_true", help="torch.compile the decode step (pays off on long jobs)")
     ap.add_argument("--source", choices=("backbone", "template"), default="backbone",
                     help="who writes the targets: the backbone LLM (the method), or a fixed template that restates "
@@ -468,6 +525,11 @@ def main_selfgen(argv):
     out = Path(a.out)
     rank, world = dist_setup()
     rows = data.read_jsonl(a.seeds, required=("id", "seed_description"))
+    dups = duplicate_ids(rows)
+    if dups:  # rows are keyed by (id, prompt): a second clip with the same id would take the first's rows
+        shown = ", ".join(f"{i!r} ({n} rows)" for i, n in list(dups.items())[:10])
+        raise data.ManifestError(f"{a.seeds}: {len(dups)} clip id(s) occur more than once: {shown}"
+                                 f"{' ...' if len(dups) > 10 else ''}; each clip needs its own id")
     rows = [r for r in rows if a.split is None or r.get("split") == a.split]
     rows = data.evenly_spread(rows, a.limit)
     k = balanced_k(rows, a.k) if a.balance else a.k
@@ -475,6 +537,10 @@ def main_selfgen(argv):
         pools = {"speech": [a.fixed_prompt], "sound": [a.fixed_prompt]}
     else:
         pools = {"speech": data.load_prompts(a.speech_prompts), "sound": data.load_prompts(a.sound_prompts)}
+    settings = {"source": a.source, "seed": a.seed}
+    if a.source == "backbone":
+        settings.update(llm=str(a.llm), max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p)
+    check_selfgen_settings(out, settings, write=rank == 0)
     if a.source == "template":  # same (clip, prompt) pairs as the backbone would get; instant
         written = [training_row(r, p, data.templated_answer(r["seed_description"]))
                    for r in rows for p in choose_prompts(r, pools, k, a.seed)]
@@ -512,12 +578,15 @@ def main_infer(argv):
     ap.add_argument("--transcription", default=None, help="use this text instead of VAD + Whisper ASR")
     ap.add_argument("--llm", default=None, help="text-only mode: talk to this bare LLM (no --audio)")
     ap.add_argument("--system", default=desta.DEFAULT_SYSTEM)
-    ap.add_argument("--max-new-tokens", type=int, default=512)
-    ap.add_argument("--temperature", type=float, default=0.0)
-    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--max-new-tokens", type=at_least_one, default=512)
+    ap.add_argument("--temperature", type=non_negative, default=0.0)
+    ap.add_argument("--top-p", type=probability, default=1.0)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="bf16" if torch.cuda.is_available() else "fp32")
     a = ap.parse_args(argv)
+    if a.llm and a.audio:
+        ap.error("--llm is the text-only mode and takes no --audio (the LLM would never hear it); drop --llm "
+                 "to ask DeSTA about the audio (its LLM comes from --checkpoint)")
     sampling = Sampling(a.max_new_tokens, a.temperature, a.top_p, a.seed)
     device, dtype = device_for(0), DTYPES[a.dtype]
     if a.llm or not a.audio:
