@@ -2469,4 +2469,10 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, OSError, ImportError) as e:
+        # bad input: a missing or malformed file, a bad row, a checkpoint that cannot load (ManifestError,
+        # AudioError and CheckpointError are ValueErrors), an optional reader not installed; every
+        # message names the file, field or package
+        sys.exit(f"error: {e}")

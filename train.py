@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import random
 import shutil
 import sys
@@ -248,6 +249,15 @@ def complete_checkpoints(out_dir: Path, world: int, warn: bool = False) -> list[
     return done
 
 
+def load_state(path: Path):
+    """torch.load of a checkpoint's own pickles, naming the file when it is truncated or corrupt."""
+    try:
+        return torch.load(path, weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise desta.CheckpointError(f"{path}: cannot be read ({e}); delete {path.parent} to resume from the "
+                                    f"checkpoint before it") from None
+
+
 def latest_checkpoint(out_dir: Path, world: int = 1, warn: bool = True) -> Path | None:
     done = complete_checkpoints(out_dir, world, warn)
     return done[-1] if done else None
@@ -390,7 +400,7 @@ def main(argv: list[str] | None = None) -> dict:
     step, epoch, batch_in_epoch = 0, 0, 0
     ckpt = latest_checkpoint(out_dir, world, warn=master)
     if ckpt is not None:
-        state = torch.load(ckpt / "train_state.pt", weights_only=False)
+        state = load_state(ckpt / "train_state.pt")
         if state["world"] != world:
             raise SystemExit(f"{ckpt} was written by {state['world']} ranks; resume with the same world size")
         changes = resume_changes(state["config"], cfg, state.get("rows"), len(rows))
@@ -402,7 +412,7 @@ def main(argv: list[str] | None = None) -> dict:
         model.load_adapter(ckpt)
         opt.load_state_dict(state["optimizer"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        set_rng_state(torch.load(ckpt / f"rng-{rank}.pt", weights_only=False))
+        set_rng_state(load_state(ckpt / f"rng-{rank}.pt"))
         log(f"resumed from {ckpt} at step {step}")
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -207,3 +207,18 @@ def test_vad_listens_to_the_30_seconds_whisper_sees():
     mel = torch.zeros(2, 80, data.N_FRAMES)
     assert generate.transcribe_if_speech([late.numpy(), early.numpy()], mel, LoudIsSpeech(), NoASR()) == \
         [" ", "(transcript)"]
+
+
+def test_cli_truncated_checkpoint_names_the_file(random_backbones, tmp_path):
+    cfg = desta.DeSTAConfig(llm_model_id=str(random_backbones / "llm"), encoder_model_id=str(random_backbones / "whisper"),
+                            qformer_num_hidden_layers=1, prompt_size=4, qformer_ffn_dim=48)
+    desta.DeSTA.from_config(cfg).save_pretrained(tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    r = run_cli("--checkpoint", str(tmp_path / "ckpt"), "--audio", str(tmp_path / "a.wav"), "--prompt", "hi",
+                "--transcription", " ")
+    assert r.returncode == 1 and f"error: {weights}: not a readable safetensors file" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    (tmp_path / "empty").mkdir()
+    r = run_cli("--checkpoint", str(tmp_path / "empty"), "--audio", str(tmp_path / "a.wav"), "--prompt", "hi")
+    assert r.returncode == 1 and "empty is a folder without config.json" in r.stderr, r.stderr

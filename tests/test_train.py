@@ -246,3 +246,17 @@ def test_resume_with_other_settings_is_refused(random_backbones, tmp_path):
     with pytest.raises(SystemExit, match=r"max_steps=2 \(now 3\)"):  # a longer run is another schedule
         train.main(args(random_backbones, manifest, out, max_steps=3))
     assert train.main(args(random_backbones, manifest, out, max_steps=3, lr=0.01, allow_changes="true"))["step"] == 3
+
+
+def test_truncated_checkpoint_on_resume_names_the_file(random_backbones, tmp_path):
+    manifest = write_tiny_training_set(tmp_path / "data")
+    out = tmp_path / "run"
+    train.main(args(random_backbones, manifest, out, max_steps=2, save_every=2))
+    weights = out / "ckpt-00000002" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:64])
+    with pytest.raises(desta.CheckpointError, match=f"{weights}: not a readable safetensors file"):
+        train.main(args(random_backbones, manifest, out, max_steps=4, save_every=2, allow_changes="true"))
+    state = out / "ckpt-00000002" / "train_state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(desta.CheckpointError, match=f"{state}: cannot be read"):
+        train.main(args(random_backbones, manifest, out, max_steps=4, save_every=2, allow_changes="true"))
