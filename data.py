@@ -2729,8 +2729,9 @@ def evenly_spread(rows: list, n: int | None) -> list:
     return [rows[i * len(rows) // n] for i in range(n)]
 
 
-def read_jsonl(path, required=()) -> list[dict]:
-    """All rows of a jsonl file; a row that is not a JSON object or lacks a required field is an error."""
+def read_jsonl(path, required=(), check=None) -> list[dict]:
+    """All rows of a jsonl file; a row that is not a JSON object or lacks a required field is an error.
+    check(row) -> why the row is unusable, or None (e.g. training_row_problem): named with file, line, id."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: file not found")
@@ -2748,6 +2749,9 @@ def read_jsonl(path, required=()) -> list[dict]:
             missing = [k for k in required if k not in row]
             if missing:
                 raise ManifestError(f"{path}:{n}: missing field(s) {missing}")
+            why = check(row) if check else None
+            if why:
+                raise ManifestError(f"{path}:{n}: row {row.get('id')!r}: {why}")
             rows.append(row)
     return rows
 
@@ -3586,11 +3590,11 @@ def prepare(name, root, download: bool = True, *, keep_archives: bool = True, re
 
 # ---- DeSTA-AQA5M rows ----
 
-def _aqa5m_problem(row) -> str | None:
+def _aqa5m_problem(row, text_fields=AQA5M_TEXT_FIELDS) -> str | None:
     """Why a parsed line is not a usable DeSTA-AQA5M row, or None if it is."""
     if not isinstance(row, dict):
         return f"expected a JSON object, got {type(row).__name__}"
-    for k in AQA5M_TEXT_FIELDS:
+    for k in text_fields:
         if k not in row:
             return f"missing field {k!r}"
         if not isinstance(row[k], str):
@@ -3618,6 +3622,13 @@ def _aqa5m_problem(row) -> str | None:
     if n_audio != n_locator:
         return f"{n_locator} {AUDIO_LOCATOR} marker(s) in the messages but {n_audio} audio(s)"
     return None
+
+
+def training_row_problem(row) -> str | None:
+    """Why a training-manifest row cannot be trained on or scored, or None: the DeSTA-AQA5M checks on
+    what training reads (string id, prompt, response; messages with one <|AUDIO|> per audio). Checked
+    when the manifest is read, so a bad row is named by file, line and id rather than failing in a batch."""
+    return _aqa5m_problem(row, ("id", "prompt", "response"))
 
 
 def _jsonl_paths(path) -> list[Path]:

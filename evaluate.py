@@ -2358,7 +2358,7 @@ def main_ppl(args):
                        if args.checkpoint else None)
     if llm is None:
         raise ValueError("--benchmark ppl needs the backbone: --llm DIR (or a --checkpoint whose config names it)")
-    rows = data.evenly_spread(data.read_jsonl(args.data), args.limit)
+    rows = data.evenly_spread(data.read_jsonl(args.data, check=data.training_row_problem), args.limit)
     if not rows:
         raise ValueError(f"{args.data}: no rows")
     out, name = Path(args.out), f"ppl-{Path(args.data).stem}"

@@ -356,6 +356,14 @@ def main(argv: list[str] | None = None) -> dict:
     out_dir = Path(cfg.out_dir)
     log = (lambda *a: print(*a, flush=True)) if master else (lambda *a: None)
 
+    # ---- manifests first: a bad row is reported before minutes of model loading
+    rows = data.read_jsonl(cfg.train_manifest, required=("id", "messages", "response"), check=data.training_row_problem)
+    val_rows = data.read_jsonl(cfg.val_manifest, required=("id", "messages", "response"),
+                               check=data.training_row_problem) \
+        if cfg.val_manifest and Path(cfg.val_manifest).is_file() else []
+    if not rows:
+        raise SystemExit(f"{cfg.train_manifest}: no rows to train on")
+
     # ---- model: frozen backbones, fresh adapter (PyTorch default init), seeded identically everywhere
     torch.manual_seed(cfg.seed)
     dtype = {"auto": torch.bfloat16 if cuda else torch.float32, "bf16": torch.bfloat16,
@@ -376,11 +384,6 @@ def main(argv: list[str] | None = None) -> dict:
         f"backbones {dtype}; world {world}; device {device}")
 
     # ---- data
-    rows = data.read_jsonl(cfg.train_manifest, required=("id", "messages", "response"))
-    val_rows = data.read_jsonl(cfg.val_manifest, required=("id", "messages", "response")) \
-        if cfg.val_manifest and Path(cfg.val_manifest).is_file() else []
-    if not rows:
-        raise SystemExit(f"{cfg.train_manifest}: no rows to train on")
     accum = max(1, cfg.global_batch // (cfg.batch_size * world))
     lengths = [data.row_length(r) for r in rows]
     n_batches = len(data.length_bucketed_batches(lengths, cfg.batch_size, cfg.seed, 0)) // world

@@ -937,3 +937,7 @@ def test_cli_bad_input_is_one_error_line(tmp_path, random_backbones):
         {"id": "a.wav", "seed_description": "[00:00-00:01] (Sound: Beep)"}, "What is it?", "A beep.")])
     r = run_evaluate("--benchmark", "ppl", "--data", tmp_path / "rows.jsonl", "--llm", llm, "--out", tmp_path / "out")
     assert r.returncode == 1 and f"error: {llm / 'model.safetensors'}: not a readable safetensors" in r.stderr, r.stderr
+    row = data.read_jsonl(tmp_path / "rows.jsonl")[0]
+    data.write_jsonl(tmp_path / "null.jsonl", [row, dict(row, id="b.wav", response=None)])
+    r = run_evaluate("--benchmark", "ppl", "--data", tmp_path / "null.jsonl", "--llm", llm, "--out", tmp_path / "out")
+    assert r.returncode == 1 and "null.jsonl:2: row 'b.wav': field 'response' must be a string" in r.stderr, r.stderr

@@ -260,3 +260,21 @@ def test_truncated_checkpoint_on_resume_names_the_file(random_backbones, tmp_pat
     state.write_bytes(state.read_bytes()[:100])
     with pytest.raises(desta.CheckpointError, match=f"{state}: cannot be read"):
         train.main(args(random_backbones, manifest, out, max_steps=4, save_every=2, allow_changes="true"))
+
+
+@pytest.mark.parametrize("change, why", [
+    (lambda r: r.update(response=None), "field 'response' must be a string, got NoneType"),
+    (lambda r: r.update(messages="<|AUDIO|> hello"), "field 'messages' must be a non-empty list"),
+    (lambda r: r["messages"][1].update(content="no marker here"), r"0 <\|AUDIO\|> marker\(s\) in the messages but 1 audio"),
+])
+def test_bad_training_rows_are_named_when_read(random_backbones, tmp_path, change, why):
+    """A null response, a string for messages or a user turn without <|AUDIO|> used to fail deep in a
+    batch; the manifest reader names file, line and id."""
+    import data
+    manifest = write_tiny_training_set(tmp_path / "data")
+    rows = data.read_jsonl(manifest)
+    change(rows[2])
+    data.write_jsonl(manifest, rows)
+    with pytest.raises(data.ManifestError, match=f"train.jsonl:3: row 'audio/2.wav': {why}"):
+        train.main(args(random_backbones, manifest, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
