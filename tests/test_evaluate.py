@@ -941,3 +941,9 @@ def test_cli_bad_input_is_one_error_line(tmp_path, random_backbones):
     data.write_jsonl(tmp_path / "null.jsonl", [row, dict(row, id="b.wav", response=None)])
     r = run_evaluate("--benchmark", "ppl", "--data", tmp_path / "null.jsonl", "--llm", llm, "--out", tmp_path / "out")
     assert r.returncode == 1 and "null.jsonl:2: row 'b.wav': field 'response' must be a string" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("flag", ["--batch-size", "--max-new-tokens", "--chunk", "--limit"])
+def test_cli_counts_below_one_are_errors(tmp_path, flag):
+    r = run_evaluate("--benchmark", "tiny", "--data", tmp_path / "seeds.jsonl", flag, "0")
+    assert r.returncode == 2 and f"argument {flag}: must be at least 1, got 0" in r.stderr, r.stderr
