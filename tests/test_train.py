@@ -216,7 +216,7 @@ def test_broken_checkpoints_are_skipped_and_not_kept(random_backbones, tmp_path,
     (out / ".tmp-ckpt-00000004" / "sub").mkdir(parents=True)
     (out / ".tmp-ckpt-00000004" / "sub" / "junk").write_text("left by a kill")
     capsys.readouterr()
-    train.main(args(random_backbones, manifest, out, max_steps=6, save_every=2, keep_last=2))
+    train.main(args(random_backbones, manifest, out, max_steps=6, save_every=2, keep_last=2, allow_changes="true"))
     captured = capsys.readouterr()
     assert "skipping broken checkpoint" in captured.err and "ckpt-00000004 (missing rng-0.pt)" in captured.err
     assert "ckpt-00000005 (missing model.safetensors, train_state.pt, rng-0.pt)" in captured.err
