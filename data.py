@@ -345,6 +345,7 @@ class _Hub:
     def get(self, url: str, filename: str, stream=False, headers=None) -> requests.Response:
         """GET with bounded exponential-backoff retries on connection errors, 5xx and 429; raise on 4xx."""
         for attempt in range(self.retries + 1):
+            asked = time.monotonic()
             try:
                 r = self.session.get(url, headers={**self.headers, **(headers or {})}, stream=stream,
                                      timeout=HUB_TIMEOUT_S, allow_redirects=True)
@@ -353,7 +354,7 @@ class _Hub:
                     raise HubError(f"{_no_network(url)} while fetching {self.repo_id}/{filename}. Check the "
                                    f"connection, or set HF_ENDPOINT to a mirror this machine can reach") from e
                 err = e
-                self.silent_since = self.silent_since or time.monotonic()
+                self.silent_since = self.silent_since or asked  # the silence began when we asked
                 silent = time.monotonic() - self.silent_since
                 if silent >= HUB_STALL_S:
                     raise HubError(f"no answer from {self.endpoint} for {silent:.0f} s (last: {self.repo_id}/"
