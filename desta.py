@@ -31,6 +31,7 @@ import math
 import os
 import pickle
 import time
+import re
 import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -40,7 +41,7 @@ import tiktoken
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 # -----------------------------------------------------------------------------------------------
@@ -71,6 +72,17 @@ def config_from_dict(cls, d: dict, source: str = "config"):
     return cls(**d)
 
 
+def open_safetensors(path):
+    """safe_open, naming the file when it is truncated or corrupt (safetensors' own error does not)."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        return safe_open(path, framework="pt")
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e}): truncated or corrupt; download, "
+                              f"convert or save it again") from None
+
+
 def safetensors_index(folder) -> dict[str, Path]:
     """Map every tensor name in an HF folder to the file that holds it (sharded or single file)."""
     folder = Path(folder)
@@ -83,7 +95,7 @@ def safetensors_index(folder) -> dict[str, Path]:
     single = folder / "model.safetensors"
     if not single.is_file():
         raise CheckpointError(f"{folder}: neither model.safetensors nor model.safetensors.index.json found")
-    with safe_open(single, framework="pt") as f:
+    with open_safetensors(single) as f:
         return {name: single for name in f.keys()}
 
 
@@ -113,7 +125,7 @@ def load_weights(module: nn.Module, folder, key_of=lambda name: name, ignore=(),
     for k in wanted:
         by_file.setdefault(where[k], []).append(k)
     for path, keys in by_file.items():
-        with safe_open(path, framework="pt") as f:
+        with open_safetensors(path) as f:
             for k in keys:
                 name, dst = wanted[k]
                 src = f.get_tensor(k)
@@ -1312,16 +1324,37 @@ def pick_dtype(device, choice: str = "auto") -> tuple[torch.dtype, str]:
 
 def resolve_weights(name_or_path, weights_root=None) -> Path:
     """A local HF-layout folder for a model id: the path itself, or `<weights_root>/<repo id>`.
+PROJECT_DIR = Path(__file__).resolve().parent
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name, as on the hub
 
-    weights_root defaults to $DESTA_WEIGHTS or ./weights, where `python data.py weights` puts them.
+
+def resolve_weights(name_or_path, weights_root=None) -> Path:
+    """A local HF-layout folder for a model id: the path itself, or `<weights root>/<repo id>`.
+
+    The weights root is weights_root, else $DESTA_WEIGHTS, else ./weights (relative to the working
+    directory, where `python data.py weights` puts them) and then the project's own weights/ folder,
+    so the scripts also find them when run from elsewhere.
     """
     p = Path(name_or_path)
     if (p / "config.json").is_file():
         return p
-    root = Path(weights_root or os.environ.get("DESTA_WEIGHTS", "weights"))
-    if (root / name_or_path / "config.json").is_file():
-        return root / name_or_path
-    raise CheckpointError(f"no local weights for {name_or_path!r} (looked in {p} and {root / name_or_path}); "
+    not_hf = "is a folder without config.json, so not a model in the Hugging Face layout (config.json + " \
+             "model.safetensors + tokenizer files)"
+    if p.is_dir():
+        raise CheckpointError(f"{p} {not_hf}")
+    env = os.environ.get("DESTA_WEIGHTS")
+    roots = [Path(weights_root)] if weights_root else [Path(env)] if env else [Path("weights"), PROJECT_DIR / "weights"]
+    for root in roots:
+        if (root / name_or_path / "config.json").is_file():
+            return root / name_or_path
+        if (root / name_or_path).is_dir():
+            raise CheckpointError(f"{root / name_or_path} {not_hf}")
+    if not REPO_ID.match(str(name_or_path)):  # a path, not a hub id: downloading it would not help
+        raise CheckpointError(f"{name_or_path}: no such model folder (working directory {Path.cwd()})")
+    looked = ", ".join(dict.fromkeys(str(r.absolute() / name_or_path) for r in roots))
+    where = "weights_root" if weights_root else "$DESTA_WEIGHTS" if env else \
+        f"weights/ is looked up in the working directory {Path.cwd()} and in the project {PROJECT_DIR}"
+    raise CheckpointError(f"no local weights for {name_or_path!r} (looked in {looked}; {where}); "
                           f"run: python data.py weights --repo {name_or_path}")
 
 

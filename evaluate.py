@@ -2432,7 +2432,7 @@ def main_ppl(args):
                        if args.checkpoint else None)
     if llm is None:
         raise ValueError("--benchmark ppl needs the backbone: --llm DIR (or a --checkpoint whose config names it)")
-    rows = data.evenly_spread(data.read_jsonl(args.data), args.limit)
+    rows = data.evenly_spread(data.read_jsonl(args.data, check=data.training_row_problem), args.limit)
     if not rows:
         raise ValueError(f"{args.data}: no rows")
     out, name = Path(args.out), f"ppl-{Path(args.data).stem}"
@@ -2470,16 +2470,17 @@ def main(argv=None):
     p.add_argument("--predictions", help="score only: jsonl of {id, response} (or a json list with model_output / "
                    "model_prediction); default: responses already in the data rows")
     p.add_argument("--subset", help="VoiceBench subset: " + ", ".join(VOICEBENCH_RULE_SUBSETS))
-    p.add_argument("--limit", type=int, help="only the first N rows (tiny: N clips, in turn from each dataset; "
+    p.add_argument("--limit", type=generate.at_least_one, help="only the first N rows (tiny: N clips, in turn from each dataset; "
                    "ppl: N rows evenly spread over the manifest)")
     p.add_argument("--out", default="out/eval", help="folder for predictions, scores and the table")
     p.add_argument("--model-name", help="row label in the markdown table")
     p.add_argument("--judge", action="store_true", help=f"use the LLM judge configured by {JUDGE_ENV_BASE_URL}")
     p.add_argument("--reference-ifrate", type=float, default=SPEECH_IFEVAL_REFERENCE_IFRATE)
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=16, help="generation slots")
-    p.add_argument("--chunk", type=int, default=RUN_CHUNK, help="prompts per engine call")
-    p.add_argument("--batch-tokens", type=int, default=PPL_BATCH_TOKENS, help="ppl: padded tokens per forward")
+    p.add_argument("--max-new-tokens", type=generate.at_least_one, default=512)
+    p.add_argument("--batch-size", type=generate.at_least_one, default=16, help="generation slots")
+    p.add_argument("--chunk", type=generate.at_least_one, default=RUN_CHUNK, help="prompts per engine call")
+    p.add_argument("--batch-tokens", type=generate.at_least_one, default=PPL_BATCH_TOKENS,
+                   help="ppl: padded tokens per forward")
     p.add_argument("--dtype", choices=["auto", *sorted(generate.DTYPES)], default="auto",
                    help="auto: bf16 on a GPU or a CPU whose bf16 matmul beats fp32 (AMX), else fp32")
     p.add_argument("--device", default=generate.device_for(0))
@@ -2556,4 +2557,10 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, OSError, ImportError) as e:
+        # bad input: a missing or malformed file, a bad row, a checkpoint that cannot load (ManifestError,
+        # AudioError and CheckpointError are ValueErrors), an optional reader not installed; every
+        # message names the file, field or package
+        sys.exit(f"error: {e}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import math
 import os
 import random
@@ -40,12 +41,17 @@ import desta
 def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """Keep the smallest set of most likely tokens whose mass reaches top_p (the nucleus), renormalised.
 
-    probs (B, V). The most likely token always stays, so top_p -> 0 is greedy.
+    probs (B, V). The most likely token always stays, so top_p = 0 is greedy (ties: the lowest id,
+    as argmax picks); top_p >= 1 keeps every token.
     """
-    sorted_p, idx = probs.sort(dim=-1, descending=True)
-    mass_before = sorted_p.cumsum(-1) - sorted_p      # mass of the strictly more likely tokens
-    sorted_p = sorted_p.masked_fill(mass_before >= top_p, 0.0)
-    kept = torch.zeros_like(probs).scatter_(-1, idx, sorted_p)
+    if top_p >= 1.0:
+        return probs  # a cumulative sum that rounds past 1 must not drop the tail
+    sorted_p, idx = probs.sort(dim=-1, descending=True, stable=True)
+    # mass of the strictly more likely tokens (an exclusive cumsum, not cumsum - p, which can round)
+    mass_before = torch.cat([torch.zeros_like(sorted_p[:, :1]), sorted_p[:, :-1].cumsum(-1)], dim=-1)
+    drop = mass_before >= top_p
+    drop[:, 0] = False  # without this, top_p = 0 drops every token and the renormalisation gives NaN
+    kept = torch.zeros_like(probs).scatter_(-1, idx, sorted_p.masked_fill(drop, 0.0))
     return kept / kept.sum(-1, keepdim=True)
 
 
@@ -309,6 +315,8 @@ def generate(llm: desta.Llama, prompts: list, max_new_tokens: int = 256, tempera
 
     Returns the new tokens of each prompt, without the stop token. Greedy when temperature is 0.
     """
+    if batch_size < 1 or max_new_tokens < 1:
+        raise ValueError(f"batch_size ({batch_size}) and max_new_tokens ({max_new_tokens}) must be at least 1")
     if not prompts:
         return []
     need = max(len(p) for p in prompts) + max_new_tokens
@@ -454,8 +462,11 @@ def merge_parts(out, seed_rows: list[dict], pools: dict[str, list[str]], k: int,
 
 @torch.no_grad()
 def transcribe_if_speech(waves: list, mel: torch.Tensor, vad: desta.SileroVAD, asr: desta.Whisper) -> list[str]:
-    """The paper's inference: Whisper transcribes clips where the VAD hears speech; others get " "."""
-    speech = [vad.has_speech(w) for w in waves]
+    """The paper's inference: Whisper transcribes clips where the VAD hears speech; others get " ".
+
+    The VAD listens to the first 30 s only, the window Whisper transcribes (mel): speech after it would
+    otherwise send Whisper 30 s of silence to transcribe."""
+    speech = [vad.has_speech(w[:data.N_SAMPLES]) for w in waves]
     texts = [" "] * len(waves)
     idx = [i for i, s in enumerate(speech) if s]
     if idx:
@@ -519,6 +530,57 @@ def device_for(rank: int) -> str:
 DTYPES = desta.DTYPES
 
 
+def at_least_one(text: str) -> int:
+    """argparse type for counts (batch size, new tokens, prompts per clip): 0 would do nothing, or crash."""
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def probability(text: str) -> float:
+    """argparse type for --top-p: 0 (greedy) .. 1 (the whole distribution)."""
+    p = float(text)
+    if not 0 <= p <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {p}")
+    return p
+
+
+def non_negative(text: str) -> float:
+    """argparse type for --temperature: 0 is greedy, below it means nothing."""
+    t = float(text)
+    if t < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {t}")
+    return t
+
+
+def duplicate_ids(rows: list[dict]) -> dict[str, int]:
+    """{id: count} for ids that occur more than once."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["id"]] = counts.get(r["id"], 0) + 1
+    return {i: n for i, n in counts.items() if n > 1}
+
+
+def check_selfgen_settings(out: Path, settings: dict, write: bool) -> None:
+    """Rows in one output come from one set of generation settings: a rerun with others (another
+    --max-new-tokens, --temperature, LLM...) would append a second kind of row to the first, or call a
+    file written with other settings complete. The first run records them in <out>.settings.json."""
+    path = out.with_name(out.name + ".settings.json")
+    have_rows = out.is_file() or any(out.parent.glob(f"{out.name}.part*"))
+    if path.is_file() and have_rows:  # settings of a run that wrote nothing bind nobody
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        diff = [f"{k}={saved[k]!r} (now {v!r})" for k, v in settings.items() if k in saved and saved[k] != v]
+        if diff:
+            raise data.ManifestError(f"{out} was generated with other settings: {'; '.join(diff)} (from {path}). "
+                                     f"Rerun with those settings, or write to another --out")
+    if write:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(settings, indent=2), encoding="utf-8")
+        os.replace(tmp, path)
+
+
 def main_selfgen(argv):
     ap = argparse.ArgumentParser(prog="generate.py selfgen",
                                  description="self-generate training targets with the backbone LLM (SPEC 1)")
@@ -526,7 +588,7 @@ def main_selfgen(argv):
     ap.add_argument("--llm", required=True, help="backbone LLM folder (HF layout) or repo id under weights/")
     ap.add_argument("--out", required=True, help="training manifest to write (jsonl, DeSTA-AQA5M layout)")
     ap.add_argument("--split", default=None, help="only seed rows of this split")
-    ap.add_argument("--k", type=int, default=4, help="prompts per clip from the general pools")
+    ap.add_argument("--k", type=at_least_one, default=4, help="prompts per clip from the general pools")
     ap.add_argument("--k-attributes", type=int, default=0,
                     help="more prompts per clip from the attribute pools (one property per question)")
     ap.add_argument("--balance", action="store_true",
@@ -537,13 +599,13 @@ def main_selfgen(argv):
     ap.add_argument("--speech-attribute-prompts", default=PROMPT_POOLS["speech_attributes"])
     ap.add_argument("--sound-attribute-prompts", default=PROMPT_POOLS["sound_attributes"])
     ap.add_argument("--fixed-prompt", default=None, help="use this one prompt for every clip (the paper's 1-P)")
-    ap.add_argument("--max-new-tokens", type=int, default=SELFGEN_SAMPLING.max_new_tokens)
-    ap.add_argument("--temperature", type=float, default=SELFGEN_SAMPLING.temperature)
-    ap.add_argument("--top-p", type=float, default=SELFGEN_SAMPLING.top_p)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=at_least_one, default=SELFGEN_SAMPLING.max_new_tokens)
+    ap.add_argument("--temperature", type=non_negative, default=SELFGEN_SAMPLING.temperature)
+    ap.add_argument("--top-p", type=probability, default=SELFGEN_SAMPLING.top_p)
+    ap.add_argument("--batch-size", type=at_least_one, default=16)
     ap.add_argument("--dtype", choices=["auto", *sorted(DTYPES)], default="auto",
                     help="auto: bf16 on a GPU or a CPU whose bf16 matmul beats fp32 (AMX), else fp32")
-    ap.add_argument("--limit", type=int, default=None, help="only N seed rows, evenly spread over the manifest")
+    ap.add_argument("--limit", type=at_least_one, default=None, help="only N seed rows, evenly spread over the manifest")
     ap.add_argument("--compile", action="store_true", help="torch.compile the decode step (pays off on long jobs)")
     ap.add_argument("--source", choices=("backbone", "template"), default="backbone",
                     help="who writes the targets: the backbone LLM (the method), or a fixed template that restates "
@@ -552,9 +614,16 @@ def main_selfgen(argv):
     out = Path(a.out)
     rank, world = dist_setup()
     rows = data.read_jsonl(a.seeds, required=("id", "seed_description"))
+    dups = duplicate_ids(rows)
+    if dups:  # rows are keyed by (id, prompt): a second clip with the same id would take the first's rows
+        shown = ", ".join(f"{i!r} ({n} rows)" for i, n in list(dups.items())[:10])
+        raise data.ManifestError(f"{a.seeds}: {len(dups)} clip id(s) occur more than once: {shown}"
+                                 f"{' ...' if len(dups) > 10 else ''}; each clip needs its own id")
     rows = [r for r in rows if a.split is None or r.get("split") == a.split]
     rows = data.evenly_spread(rows, a.limit)
     k = balanced_k(rows, a.k) if a.balance else a.k
+    if a.k_attributes < 0:
+        ap.error(f"--k-attributes must be 0 or more, got {a.k_attributes}")
     if a.fixed_prompt and a.k_attributes:
         ap.error("--fixed-prompt is the one-prompt ablation: leave out --k-attributes")
     if a.fixed_prompt:
@@ -564,6 +633,10 @@ def main_selfgen(argv):
         if a.k_attributes:
             pools.update(speech_attributes=data.load_prompts(a.speech_attribute_prompts),
                          sound_attributes=data.load_prompts(a.sound_attribute_prompts))
+    settings = {"source": a.source, "seed": a.seed}
+    if a.source == "backbone":
+        settings.update(llm=str(a.llm), max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p)
+    check_selfgen_settings(out, settings, write=rank == 0)
     if a.source == "template":  # same (clip, prompt) pairs as the backbone would get; instant
         written = [training_row(r, p, data.templated_answer(r["seed_description"]))
                    for r in rows for p in choose_prompts(r, pools, k, a.seed, a.k_attributes)]
@@ -603,13 +676,16 @@ def main_infer(argv):
     ap.add_argument("--transcription", default=None, help="use this text instead of VAD + Whisper ASR")
     ap.add_argument("--llm", default=None, help="text-only mode: talk to this bare LLM (no --audio)")
     ap.add_argument("--system", default=desta.DEFAULT_SYSTEM)
-    ap.add_argument("--max-new-tokens", type=int, default=512)
-    ap.add_argument("--temperature", type=float, default=0.0)
-    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--max-new-tokens", type=at_least_one, default=512)
+    ap.add_argument("--temperature", type=non_negative, default=0.0)
+    ap.add_argument("--top-p", type=probability, default=1.0)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--dtype", choices=["auto", *sorted(DTYPES)], default="auto",
                     help="auto: bf16 on a GPU or a CPU whose bf16 matmul beats fp32 (AMX), else fp32")
     a = ap.parse_args(argv)
+    if a.llm and a.audio:
+        ap.error("--llm is the text-only mode and takes no --audio (the LLM would never hear it); drop --llm "
+                 "to ask DeSTA about the audio (its LLM comes from --checkpoint)")
     sampling = Sampling(a.max_new_tokens, a.temperature, a.top_p, a.seed)
     device = device_for(0)
     dtype, why = desta.pick_dtype(device, a.dtype)

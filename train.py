@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import random
 import shutil
 import sys
@@ -89,6 +90,25 @@ class TrainConfig:
     check_sync: bool = False      # all-gather an adapter checksum every step and stop if ranks differ
     wandb: str = ""               # a project name enables wandb logging, if installed
     peak_tflops: float = 0.0      # the GPU's dense bf16 peak for MFU; 0 = from the device name (H100/H200/A100)
+    allow_changes: bool = False   # resume even where the settings differ from the checkpoint's (see RESUME_FREE)
+
+
+# settings a resumed run may change: they decide what is logged, evaluated and kept, and how fast it
+# runs, not which numbers it computes. Any other difference (data, batch, schedule, model) would make
+# the resumed run a different one that silently continues the old one's checkpoint.
+RESUME_FREE = {"out_dir", "val_manifest", "num_workers", "compile", "checkpoint_layers", "log_every", "eval_every",
+               "eval_batches", "eval_samples", "eval_max_new_tokens", "save_every", "keep_last", "max_skip_rate",
+               "skip_check_after", "check_sync", "wandb", "peak_tflops", "allow_changes", "loss_chunk"}
+
+
+def resume_changes(saved: dict, cfg: TrainConfig, saved_rows: int | None, rows: int) -> list[str]:
+    """What differs between a checkpoint's training settings (and manifest size) and this run's."""
+    now = asdict(cfg)
+    changes = [f"{k}={saved[k]!r} (now {now[k]!r})" for k in now
+               if k in saved and k not in RESUME_FREE and saved[k] != now[k]]
+    if saved_rows is not None and saved_rows != rows:
+        changes.append(f"{saved_rows} manifest rows (now {rows})")
+    return changes
 
 
 PRESETS = {
@@ -105,28 +125,68 @@ PRESETS = {
 }
 
 
+BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+# the smallest value each field may take (more would be a silent 0-step run or a division by zero)
+MINIMUM = dict(batch_size=1, global_batch=1, epochs=1, max_steps=0, warmup_steps=0, num_workers=0, log_every=1,
+               eval_every=1, eval_batches=0, eval_samples=0, eval_max_new_tokens=1, save_every=1, keep_last=1,
+               max_seq_len=1, val_max_seq_len=1, loss_chunk=1, qformer_layers=1, qformer_ffn_dim=1,
+               prompt_size=1, skip_check_after=0)
+
+
+def parse_value(key: str, value: str | None, default):
+    """One --key=value as the type of the field's default; a value that does not parse is an error
+    naming the flag (a bare --key is only a boolean's way to say true)."""
+    if isinstance(default, bool):
+        if value is None:
+            return True
+        if value.lower() not in BOOLEANS:
+            raise SystemExit(f"--{key}={value}: expected a boolean (true/false, 1/0, yes/no, on/off)")
+        return BOOLEANS[value.lower()]
+    if value is None:
+        raise SystemExit(f"--{key} needs a value: --{key}=VALUE")
+    try:
+        if isinstance(default, tuple):
+            parsed = tuple(float(x) for x in value.split(","))
+            if len(parsed) != len(default):
+                raise ValueError
+            return parsed
+        return type(default)(value)
+    except ValueError:
+        if isinstance(default, tuple):
+            want, example = f"{len(default)} comma-separated numbers", ",".join(map(str, default))
+        else:
+            want, example = {int: "an integer", float: "a number"}.get(type(default), type(default).__name__), default
+        raise SystemExit(f"--{key}={value}: expected {want}, e.g. --{key}={example}") from None
+
+
+def check_config(cfg: TrainConfig) -> TrainConfig:
+    """Values no run can use are errors, before any model loads."""
+    for key, low in MINIMUM.items():
+        if getattr(cfg, key) < low:
+            raise SystemExit(f"--{key}={getattr(cfg, key)}: must be at least {low}")
+    if not cfg.lr > 0:
+        raise SystemExit(f"--lr={cfg.lr}: must be positive")
+    if not all(0 <= b < 1 for b in cfg.betas):
+        raise SystemExit(f"--betas={','.join(map(str, cfg.betas))}: each must be in [0, 1)")
+    return cfg
+
+
 def parse_config(argv: list[str]) -> TrainConfig:
     """--preset=NAME first, then --key=value overrides with the field's type; unknown keys are errors."""
-    args = dict(a[2:].split("=", 1) if "=" in a else (a[2:], "true") for a in argv)
     bad = [a for a in argv if not a.startswith("--")]
     if bad:
         raise SystemExit(f"arguments must look like --key=value, got {bad}")
+    args = dict(a[2:].split("=", 1) if "=" in a else (a[2:], None) for a in argv)
     preset = args.pop("preset", "tiny")
     if preset not in PRESETS:
         raise SystemExit(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     values = dict(PRESETS[preset])
-    types = {f.name: type(getattr(TrainConfig, f.name)) for f in fields(TrainConfig)}
+    known = {f.name for f in fields(TrainConfig)}
     for k, v in args.items():
-        if k not in types:
-            raise SystemExit(f"unknown config key --{k} (known: {', '.join(sorted(types))})")
-        t = types[k]
-        if t is bool:
-            values[k] = v.lower() in ("1", "true", "yes")
-        elif t is tuple:
-            values[k] = tuple(float(x) for x in v.split(","))
-        else:
-            values[k] = t(v)
-    return TrainConfig(**values)
+        if k not in known:
+            raise SystemExit(f"unknown config key --{k} (known: {', '.join(sorted(known))})")
+        values[k] = parse_value(k, v, getattr(TrainConfig, k))
+    return check_config(TrainConfig(**values))
 
 
 def model_config(cfg: TrainConfig) -> desta.DeSTAConfig:
@@ -175,13 +235,43 @@ def set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    done = sorted(p for p in out_dir.glob("ckpt-*") if (p / "train_state.pt").is_file())
+def checkpoint_problem(ckpt: Path, world: int) -> str | None:
+    """Why a ckpt-* folder cannot be resumed from (a file lost after the atomic rename), or None."""
+    need = ("config.json", "model.safetensors", "train_state.pt", *(f"rng-{r}.pt" for r in range(world)))
+    missing = [f for f in need if not (ckpt / f).is_file()]
+    return f"missing {', '.join(missing)}" if missing else None
+
+
+def complete_checkpoints(out_dir: Path, world: int, warn: bool = False) -> list[Path]:
+    """The ckpt-* folders a run can resume from, oldest first; broken ones are named (warn) and left out."""
+    done = []
+    for p in sorted(out_dir.glob("ckpt-*")):
+        why = checkpoint_problem(p, world)
+        if why is None:
+            done.append(p)
+        elif warn:
+            print(f"skipping broken checkpoint {p} ({why})", file=sys.stderr, flush=True)
+    return done
+
+
+def load_state(path: Path):
+    """torch.load of a checkpoint's own pickles, naming the file when it is truncated or corrupt."""
+    try:
+        return torch.load(path, weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise desta.CheckpointError(f"{path}: cannot be read ({e}); delete {path.parent} to resume from the "
+                                    f"checkpoint before it") from None
+
+
+def latest_checkpoint(out_dir: Path, world: int = 1, warn: bool = True) -> Path | None:
+    done = complete_checkpoints(out_dir, world, warn)
     return done[-1] if done else None
 
 
-def save_checkpoint(model, opt, step, epoch, batch_in_epoch, cfg, rank, world, out_dir: Path) -> None:
-    """Every rank writes its RNG state into a temp folder; rank 0 writes the rest and renames it."""
+def save_checkpoint(model, opt, step, epoch, batch_in_epoch, cfg, rank, world, out_dir: Path,
+                    rows: int | None = None) -> None:
+    """Every rank writes its RNG state into a temp folder; rank 0 writes the rest and renames it.
+    rows: the training manifest's row count, checked on resume."""
     tmp, final = out_dir / f".tmp-ckpt-{step:08d}", out_dir / f"ckpt-{step:08d}"
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -192,9 +282,12 @@ def save_checkpoint(model, opt, step, epoch, batch_in_epoch, cfg, rank, world, o
     if rank == 0:
         model.save_pretrained(tmp)
         torch.save({"optimizer": opt.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                    "world": world, "config": asdict(cfg)}, tmp / "train_state.pt")
+                    "world": world, "config": asdict(cfg), "rows": rows}, tmp / "train_state.pt")
+        # a ckpt folder of this step can only be a broken one (a complete one would have been resumed
+        # from): os.replace cannot overwrite a non-empty folder, so it goes first
+        shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)  # a checkpoint folder exists only once complete
-        for old in sorted(out_dir.glob("ckpt-*"))[:-cfg.keep_last]:
+        for old in complete_checkpoints(out_dir, world)[:-cfg.keep_last]:  # broken ones are not kept ones
             shutil.rmtree(old)
     barrier(world)
 
@@ -289,6 +382,14 @@ def main(argv: list[str] | None = None) -> dict:
     out_dir = Path(cfg.out_dir)
     log = (lambda *a: print(*a, flush=True)) if master else (lambda *a: None)
 
+    # ---- manifests first: a bad row is reported before minutes of model loading
+    rows = data.read_jsonl(cfg.train_manifest, required=("id", "messages", "response"), check=data.training_row_problem)
+    val_rows = data.read_jsonl(cfg.val_manifest, required=("id", "messages", "response"),
+                               check=data.training_row_problem) \
+        if cfg.val_manifest and Path(cfg.val_manifest).is_file() else []
+    if not rows:
+        raise SystemExit(f"{cfg.train_manifest}: no rows to train on")
+
     # ---- model: frozen backbones, fresh adapter (PyTorch default init), seeded identically everywhere
     torch.manual_seed(cfg.seed)
     dtype, why = desta.pick_dtype(device, cfg.dtype)
@@ -309,13 +410,16 @@ def main(argv: list[str] | None = None) -> dict:
         f"backbones {str(dtype).removeprefix('torch.')} ({why}), autocast {amp_dtype}; world {world}; device {device}")
 
     # ---- data
-    rows = data.read_jsonl(cfg.train_manifest, required=("id", "messages", "response"))
-    val_rows = data.read_jsonl(cfg.val_manifest, required=("id", "messages", "response")) \
-        if cfg.val_manifest and Path(cfg.val_manifest).is_file() else []
     accum = max(1, cfg.global_batch // (cfg.batch_size * world))
     lengths = [data.row_length(r) for r in rows]
     n_batches = len(data.length_bucketed_batches(lengths, cfg.batch_size, cfg.seed, 0)) // world
-    steps_per_epoch = max(1, n_batches // accum)
+    if n_batches == 0:
+        raise SystemExit(f"{cfg.train_manifest}: {len(rows)} rows cannot give each of {world} ranks a batch")
+    if n_batches < accum:  # a small manifest: train on what there is rather than wait for a full step
+        log(f"note: {n_batches} micro-batches per rank and epoch, fewer than the {accum} accumulation steps "
+            f"global_batch={cfg.global_batch} asks for; accumulating {n_batches}")
+        accum = n_batches
+    steps_per_epoch = n_batches // accum
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     features = feature_cache(cfg, model, rows + val_rows, rank, world, log)
     dataset = data.AudioTextDataset(rows, cfg.data_root, model.whisper.cfg.n_mels, features)
@@ -324,15 +428,21 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- resume
     step, epoch, batch_in_epoch = 0, 0, 0
-    ckpt = latest_checkpoint(out_dir)
+    ckpt = latest_checkpoint(out_dir, world, warn=master)
     if ckpt is not None:
-        state = torch.load(ckpt / "train_state.pt", weights_only=False)
+        state = load_state(ckpt / "train_state.pt")
         if state["world"] != world:
             raise SystemExit(f"{ckpt} was written by {state['world']} ranks; resume with the same world size")
+        changes = resume_changes(state["config"], cfg, state.get("rows"), len(rows))
+        if changes and not cfg.allow_changes:
+            raise SystemExit(f"{ckpt} was trained with other settings: {'; '.join(changes)}. Resume with the "
+                             f"same settings, train into a new --out_dir, or pass --allow_changes=true")
+        if changes:
+            log(f"note: resuming {ckpt} with changed settings: {'; '.join(changes)}")
         model.load_adapter(ckpt)
         opt.load_state_dict(state["optimizer"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        set_rng_state(torch.load(ckpt / f"rng-{rank}.pt", weights_only=False))
+        set_rng_state(load_state(ckpt / f"rng-{rank}.pt"))
         log(f"resumed from {ckpt} at step {step}")
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -356,6 +466,7 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- loop
     model.train()
     seen = skipped = tokens = samples = 0
+    first_error = None
     # model FLOPs per step (SPEC 11): frozen LLM forward + input-gradient backward ~ 4 x params x tokens,
     # plus the Whisper forward, 2 x params x 1500 frames per clip; the adapter is small next to them
     n_llm, n_whisper = desta.count_parameters(model.llm, False), desta.count_parameters(model.whisper, False)
@@ -381,6 +492,7 @@ def main(argv: list[str] | None = None) -> dict:
                 batch_in_epoch += 1
                 seen += len(batch["indices"]) + len(batch["errors"])
                 skipped += len(batch["errors"])
+                first_error = first_error or next(iter(batch["errors"]), None)
                 for e in batch["errors"]:
                     print(f"rank {rank}: skipped unreadable clip: {e}", file=sys.stderr, flush=True)
                 if seen >= cfg.skip_check_after and skipped / seen > cfg.max_skip_rate:
@@ -399,6 +511,13 @@ def main(argv: list[str] | None = None) -> dict:
                 loss_sum += loss.item() / accum
                 tokens += int(inputs.attn_mask.sum())
                 samples += len(batch["rows"])
+            used = len(ids)
+            if world > 1:  # every rank must agree on whether this step happens
+                used_t = torch.tensor(used, device=device)
+                dist.all_reduce(used_t)
+                used = int(used_t)
+            if used == 0:
+                continue  # no readable clip in the whole step: nothing learned, so the schedule does not move
             if world > 1 and lora_params:  # DDP wraps the connector only: average the LoRA gradients here
                 for p in lora_params:
                     dist.all_reduce(p.grad)
@@ -428,7 +547,10 @@ def main(argv: list[str] | None = None) -> dict:
                 for s in v["samples"]:
                     log(f"  [{s['id']}] {s['prompt']}\n    -> {s['answer'][:200]!r}")
             if step % cfg.save_every == 0 or step == total:
-                save_checkpoint(model, opt, step, epoch, batch_in_epoch, cfg, rank, world, out_dir)
+                save_checkpoint(model, opt, step, epoch, batch_in_epoch, cfg, rank, world, out_dir, len(rows))
+        if seen and skipped == seen:  # else a manifest whose audio is all unreadable would loop forever
+            raise SystemExit(f"stopping: all {seen} clips read so far were unreadable (e.g. {first_error}); "
+                             f"check data_root={cfg.data_root} and the manifest's audio paths")
         if step < total:
             epoch, batch_in_epoch = epoch + 1, 0
     assert frozen_checksum(model) == frozen_before, "frozen backbone weights changed during training"

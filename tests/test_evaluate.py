@@ -920,3 +920,42 @@ def test_report_table_and_loss_plot(tmp_path):
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(FileNotFoundError, match="gone/train/log.jsonl: missing"):
         E.main(["--benchmark", "report", "--data", str(tmp_path / "gone"), "--out", str(out)])
+
+
+def run_evaluate(*argv):
+    import os
+    import subprocess
+    return subprocess.run([sys.executable, "evaluate.py", *map(str, argv)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def test_cli_bad_input_is_one_error_line(tmp_path, random_backbones):
+    """evaluate.py printed a traceback for every bad input; like the other scripts it prints one line
+    naming the file (a missing file, a malformed row, a truncated model.safetensors)."""
+    r = run_evaluate("--benchmark", "ppl", "--data", tmp_path / "missing.jsonl", "--llm", random_backbones / "llm",
+                     "--out", tmp_path / "out")
+    assert r.returncode == 1 and "missing.jsonl: file not found" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    (tmp_path / "bad.jsonl").write_text("{not json\n")
+    r = run_evaluate("--benchmark", "mmau", "--data", tmp_path / "bad.jsonl", "--out", tmp_path / "out")
+    assert r.returncode == 1 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr, r.stderr
+    import shutil
+
+    import data
+    import generate
+    llm = tmp_path / "llm"
+    shutil.copytree(random_backbones / "llm", llm)
+    (llm / "model.safetensors").write_bytes((random_backbones / "llm" / "model.safetensors").read_bytes()[:1000])
+    data.write_jsonl(tmp_path / "rows.jsonl", [generate.training_row(
+        {"id": "a.wav", "seed_description": "[00:00-00:01] (Sound: Beep)"}, "What is it?", "A beep.")])
+    r = run_evaluate("--benchmark", "ppl", "--data", tmp_path / "rows.jsonl", "--llm", llm, "--out", tmp_path / "out")
+    assert r.returncode == 1 and f"error: {llm / 'model.safetensors'}: not a readable safetensors" in r.stderr, r.stderr
+    row = data.read_jsonl(tmp_path / "rows.jsonl")[0]
+    data.write_jsonl(tmp_path / "null.jsonl", [row, dict(row, id="b.wav", response=None)])
+    r = run_evaluate("--benchmark", "ppl", "--data", tmp_path / "null.jsonl", "--llm", llm, "--out", tmp_path / "out")
+    assert r.returncode == 1 and "null.jsonl:2: row 'b.wav': field 'response' must be a string" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("flag", ["--batch-size", "--max-new-tokens", "--chunk", "--limit"])
+def test_cli_counts_below_one_are_errors(tmp_path, flag):
+    r = run_evaluate("--benchmark", "tiny", "--data", tmp_path / "seeds.jsonl", flag, "0")
+    assert r.returncode == 2 and f"argument {flag}: must be at least 1, got 0" in r.stderr, r.stderr

@@ -164,3 +164,79 @@ def test_shared_prefix_prefill_gives_the_same_tokens(tiny):
     assert generate.generate(ours, prompts, batch_size=4, **sampled) == \
         [generate.generate(ours, [p], seeds=[i], **{k: v for k, v in sampled.items() if k != "seeds"})[0]
          for i, p in enumerate(prompts)]
+def test_top_p_zero_is_greedy_not_nan(tiny):
+    """--top-p 0 once gave NaN (every token masked): it keeps the most likely token, like greedy."""
+    probs = torch.tensor([[0.05, 0.5, 0.2, 0.15, 0.1], [0.4, 0.1, 0.4, 0.05, 0.05]])
+    kept = generate.top_p_filter(probs, 0.0)
+    assert not kept.isnan().any()
+    assert torch.equal(kept, torch.tensor([[0.0, 1, 0, 0, 0], [1, 0, 0, 0, 0]]))  # a tie: the lowest id, as argmax
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(32, 300, generator=g)
+    n = torch.arange(32)
+    assert torch.equal(generate.sample(logits, 1.0, 0.0, n, n), logits.argmax(-1))
+    _, ours = tiny
+    prompts = prompts_of([5, 9, 13])
+    greedy = generate.generate(ours, prompts, max_new_tokens=12)
+    assert generate.generate(ours, prompts, max_new_tokens=12, temperature=1.0, top_p=0.0, seed=0) == greedy
+
+
+def test_bad_sizes_are_errors(tiny):
+    _, ours = tiny
+    for kw in (dict(batch_size=0), dict(max_new_tokens=0)):
+        with pytest.raises(ValueError, match="must be at least 1"):
+            generate.generate(ours, prompts_of([4]), **{"max_new_tokens": 4, **kw})
+
+
+def run_cli(*argv):
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+    return subprocess.run([sys.executable, "generate.py", *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+def test_cli_refuses_audio_in_text_only_mode_and_zero_sizes(tmp_path):
+    """--llm X --audio a.wav used to answer without the audio (even a missing file); 0 new tokens crashed."""
+    r = run_cli("--llm", str(tmp_path / "llm"), "--audio", str(tmp_path / "a.wav"), "--prompt", "hi")
+    assert r.returncode == 2 and "--llm is the text-only mode and takes no --audio" in r.stderr, r.stderr
+    r = run_cli("--llm", str(tmp_path / "llm"), "--prompt", "hi", "--max-new-tokens", "0")
+    assert r.returncode == 2 and "argument --max-new-tokens: must be at least 1, got 0" in r.stderr, r.stderr
+    r = run_cli("--llm", str(tmp_path / "llm"), "--prompt", "hi", "--top-p", "-0.1")
+    assert r.returncode == 2 and "argument --top-p: must be in [0, 1]" in r.stderr, r.stderr
+
+
+def test_vad_listens_to_the_30_seconds_whisper_sees():
+    """A clip with speech only after 30 s: Whisper's mel holds the first 30 s (silence), so the VAD must
+    judge those too, not the whole clip (it heard the later speech and Whisper transcribed silence)."""
+    import data
+
+    class LoudIsSpeech:  # a stand-in VAD: anything audible is speech
+        def has_speech(self, w):
+            return bool(abs(w).max() > 0.1) if len(w) else False
+
+    class NoASR:
+        def transcribe(self, mel, max_new_tokens):
+            return ["(transcript)"] * len(mel)
+
+    late = torch.zeros(data.N_SAMPLES + 16000)
+    late[data.N_SAMPLES:] = 0.5                                  # "speech" only in second 31
+    early = late.flip(0)                                         # speech in the first second
+    mel = torch.zeros(2, 80, data.N_FRAMES)
+    assert generate.transcribe_if_speech([late.numpy(), early.numpy()], mel, LoudIsSpeech(), NoASR()) == \
+        [" ", "(transcript)"]
+
+
+def test_cli_truncated_checkpoint_names_the_file(random_backbones, tmp_path):
+    cfg = desta.DeSTAConfig(llm_model_id=str(random_backbones / "llm"), encoder_model_id=str(random_backbones / "whisper"),
+                            qformer_num_hidden_layers=1, prompt_size=4, qformer_ffn_dim=48)
+    desta.DeSTA.from_config(cfg).save_pretrained(tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    r = run_cli("--checkpoint", str(tmp_path / "ckpt"), "--audio", str(tmp_path / "a.wav"), "--prompt", "hi",
+                "--transcription", " ")
+    assert r.returncode == 1 and f"error: {weights}: not a readable safetensors file" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    (tmp_path / "empty").mkdir()
+    r = run_cli("--checkpoint", str(tmp_path / "empty"), "--audio", str(tmp_path / "a.wav"), "--prompt", "hi")
+    assert r.returncode == 1 and "empty is a folder without config.json" in r.stderr, r.stderr

@@ -328,3 +328,48 @@ def test_cli_weights_uses_env(hub, tmp_path, monkeypatch):
     assert (tmp_path / "org" / "single" / "model.safetensors").is_file()  # where desta.resolve_weights looks
     assert set(data.WEIGHT_PRESETS["desta25"]) == {"DeSTA-ntu/Llama-3.1-8B-Instruct", "openai/whisper-large-v3",
                                                   "DeSTA-ntu/DeSTA2.5-Audio-Llama-3.1-8B"}
+
+
+def test_server_that_never_answers_is_given_up_on_in_bounded_time(tmp_path, monkeypatch, capsys):
+    """A server that accepts connections and never replies used to cost read timeout x 6 attempts x
+    every file (~13 minutes), after a misleading 'hub API unavailable' note: the wait is bounded for the
+    whole repo (HUB_STALL_S), and the error says the server does not answer."""
+    import socket
+    import time
+    monkeypatch.setattr(data, "HUB_TIMEOUT_S", (1, 0.3))
+    monkeypatch.setattr(data, "HUB_STALL_S", 0.5)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(32)  # the kernel completes the handshakes; nobody ever reads or answers
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(data.HubError, match=r"no answer from http://127\.0\.0\.1:\d+ for \d+ s"):
+            data.download_repo("org/single", tmp_path / "s", endpoint=f"http://127.0.0.1:{silent.getsockname()[1]}",
+                               backoff=0.001)
+        elapsed = time.monotonic() - t0
+    finally:
+        silent.close()
+    assert elapsed < 2.0, elapsed  # before: 6 attempts for the listing, then 6 for config.json
+    assert "hub API unavailable" not in capsys.readouterr().err
+
+
+def test_no_network_says_so_at_once(tmp_path, monkeypatch, capsys):
+    """Name resolution failing (no network) used to take 64 s of retries and first print 'hub API
+    unavailable ... downloading without size/sha256 checks'."""
+    import socket
+    import time
+    real = socket.getaddrinfo
+
+    def no_dns(host, *a, **kw):
+        if host == "hub.invalid":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *a, **kw)
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    t0 = time.monotonic()
+    with pytest.raises(data.HubError, match="no network: cannot resolve hub.invalid"):
+        data.download_repo("org/single", tmp_path / "s", endpoint="http://hub.invalid", backoff=0.5)
+    assert time.monotonic() - t0 < 0.5  # no retry waits
+    assert "hub API unavailable" not in capsys.readouterr().err
+    with pytest.raises(data.DownloadError, match="no network: cannot resolve hub.invalid"):
+        data.download_file("http://hub.invalid/corpus.zip", tmp_path / "corpus.zip", backoff=0.5)

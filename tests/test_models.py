@@ -209,3 +209,35 @@ def test_whisper_decoder_incremental_parity(tmp_path):
     err = (torch.cat(steps, 1) - full).abs().max().item()
     print(f"whisper decoder (prefill 5 + 7 cached steps) max abs logits error {err:.2e}")
     assert err <= TOL
+
+
+def test_truncated_weights_name_the_file(tmp_path):
+    """A cut model.safetensors used to end in safetensors' SafetensorError, which names no file."""
+    save_llama(tmp_path)
+    path = tmp_path / "model.safetensors"
+    whole = path.read_bytes()
+    for n in (len(whole) // 2, 5):
+        path.write_bytes(whole[:n])
+        with pytest.raises(desta.CheckpointError, match=f"{path}: not a readable safetensors file .*truncated"):
+            desta.Llama.from_pretrained(tmp_path)
+
+
+def test_weights_lookup_messages(tmp_path, monkeypatch):
+    """A folder without config.json is not 'no local weights ... run data.py weights --repo /a/path';
+    a missing path is not a repo to download; a repo id says where weights/ was looked up."""
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(desta.CheckpointError, match=r"empty is a folder without config.json, so not a model"):
+        desta.resolve_weights(tmp_path / "empty")
+    with pytest.raises(desta.CheckpointError, match=r"nowhere: no such model folder") as e:
+        desta.resolve_weights(tmp_path / "nowhere")
+    assert "data.py weights" not in str(e.value)
+    monkeypatch.delenv("DESTA_WEIGHTS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(desta.CheckpointError, match=r"weights/ is looked up in the working directory "
+                       f"{tmp_path} and in the project .*run: python data.py weights --repo nobody/nothing"):
+        desta.resolve_weights("nobody/nothing")
+    # run from another folder, the project's own weights/ is found
+    monkeypatch.setattr(desta, "PROJECT_DIR", tmp_path / "project")
+    save_llama(tmp_path / "project" / "weights" / "unit-test" / "found")
+    monkeypatch.chdir(tmp_path / "empty")
+    assert desta.resolve_weights("unit-test/found") == tmp_path / "project" / "weights" / "unit-test" / "found"

@@ -183,3 +183,42 @@ def test_limit_spreads_rows_evenly():
     """selfgen --limit and evaluate --benchmark ppl --limit keep every corpus's share of a manifest."""
     assert data.evenly_spread(list(range(10)), 3) == [0, 3, 6]
     assert data.evenly_spread(list(range(4)), None) == [0, 1, 2, 3] == data.evenly_spread(list(range(4)), 9)
+
+
+def test_duplicate_clip_ids_are_refused(tmp_path):
+    """Rows are keyed by (id, prompt): two clips with one id used to share (and swap) their rows."""
+    rows = seed_manifest(tmp_path / "seeds.jsonl", n=6)
+    rows[4]["id"] = rows[1]["id"]
+    data.write_jsonl(tmp_path / "seeds.jsonl", rows + [dict(rows[2], seed_description="another")])
+    r = run(selfgen_cmd(tmp_path / "no-llm", tmp_path / "seeds.jsonl", tmp_path / "o.jsonl"))
+    assert r.returncode == 1 and not (tmp_path / "o.jsonl").exists()
+    assert "2 clip id(s) occur more than once: 'audio/001.wav' (2 rows), 'audio/002.wav' (2 rows)" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_rerun_with_other_settings_is_refused(random_backbones, tmp_path):
+    """A rerun with another --max-new-tokens or --temperature used to add a second kind of row to the
+    same file (or call a file written with other settings complete): refused, saying what differs."""
+    seed_manifest(tmp_path / "seeds.jsonl", n=4)
+    llm, out = random_backbones / "llm", tmp_path / "rows.jsonl"
+    assert run(selfgen_cmd(llm, tmp_path / "seeds.jsonl", out, "--limit", "2")).returncode == 0
+    for extra, why in [(("--max-new-tokens", "20"), "max_new_tokens=12 (now 20)"),
+                       (("--temperature", "0.7"), "temperature=0.05 (now 0.7)"),
+                       (("--source", "template"), "source='backbone' (now 'template')")]:
+        cmd = selfgen_cmd(llm, tmp_path / "seeds.jsonl", out)
+        r = run(cmd[:cmd.index("--max-new-tokens")] + ["--batch-size", "4", "--max-new-tokens", "12", *extra])
+        assert r.returncode == 1 and f"rows.jsonl was generated with other settings: {why}" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+    assert len(data.read_jsonl(out)) == 4  # untouched
+    r = run(selfgen_cmd(llm, tmp_path / "seeds.jsonl", out))  # the same settings: resumes the other clips
+    assert r.returncode == 0, r.stderr
+    assert len(data.read_jsonl(out)) == 8
+
+
+@pytest.mark.parametrize("flag", [("--batch-size", "0"), ("--max-new-tokens", "0"), ("--k", "0"), ("--top-p", "1.5"),
+                                  ("--temperature", "-1")])
+def test_sizes_that_do_nothing_are_errors(tmp_path, flag):
+    seed_manifest(tmp_path / "seeds.jsonl", n=2)
+    cmd = selfgen_cmd(tmp_path / "no-llm", tmp_path / "seeds.jsonl", tmp_path / "o.jsonl")
+    r = run([*cmd, *flag])
+    assert r.returncode == 2 and f"argument {flag[0]}: must be" in r.stderr, r.stderr

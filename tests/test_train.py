@@ -56,6 +56,27 @@ def test_bad_config_keys_are_errors():
     assert cfg.qformer_layers == 6 and cfg.lr == 2e-4 and cfg.betas == (0.9, 0.95) and cfg.compile
 
 
+@pytest.mark.parametrize("flag, message", [
+    ("--lora=maybe", "--lora=maybe: expected a boolean"), ("--compile=maybe", "--compile=maybe: expected a boolean"),
+    ("--lr", "--lr needs a value"), ("--lr=abc", "--lr=abc: expected a number"),
+    ("--betas=0.9", "--betas=0.9: expected 2 comma-separated numbers"), ("--batch_size=0", "--batch_size=0: must be at least 1"),
+    ("--max_steps=-5", "--max_steps=-5: must be at least 0"), ("--epochs=0", "--epochs=0: must be at least 1"),
+    ("--batch_size=2.5", "--batch_size=2.5: expected an integer"), ("--save_every=0", "--save_every=0: must be"),
+])
+def test_bad_config_values_name_the_flag(flag, message):
+    with pytest.raises(SystemExit, match="^" + message.replace(".", r"\.")) as e:
+        train.parse_config([flag])
+    assert "\n" not in str(e.value)
+
+
+def test_boolean_flags_accept_the_usual_spellings():
+    for word, value in [("on", True), ("off", False), ("yes", True), ("No", False), ("1", True), ("0", False),
+                        ("TRUE", True), ("false", False)]:
+        cfg = train.parse_config([f"--lora={word}", f"--mask_audio_padding={word}"])
+        assert cfg.lora is value and cfg.mask_audio_padding is value, word
+    assert train.parse_config(["--compile"]).compile is True  # a bare boolean flag means true
+
+
 def test_warmup_cosine_schedule():
     cfg = train.TrainConfig(lr=1e-3, warmup_steps=10, min_lr=1e-5)
     assert train.lr_at(0, cfg, 110) == pytest.approx(1e-4)
@@ -136,3 +157,124 @@ def test_lora_ablation_trains(random_backbones, tmp_path):
     model = desta.DeSTA.from_pretrained(out / "ckpt-00000003")
     lora_b = [p for n, p in model.llm.named_parameters() if "lora_B" in n]
     assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # B left zero = LoRA never trained
+
+
+def test_small_or_empty_manifest_trains_or_stops(random_backbones, tmp_path):
+    """8 rows in 4 micro-batches with 8 accumulation steps asked for once hung (no step ever filled):
+    it trains, accumulating what there is; an empty manifest is an error. Subprocesses, so a hang fails."""
+    manifest = write_tiny_training_set(tmp_path / "data", n=8)
+    p = run_train(args(random_backbones, manifest, tmp_path / "small", max_steps=0, epochs=2, global_batch=16))
+    try:
+        out, _ = p.communicate(timeout=240)
+    finally:
+        p.kill()
+    assert p.returncode == 0, out
+    assert "accumulating 4" in out
+    assert [r["step"] for r in read_log(tmp_path / "small") if "loss" in r] == [1, 2]  # one step per epoch
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    p = run_train(args(random_backbones, empty, tmp_path / "none"))
+    try:
+        out, _ = p.communicate(timeout=240)
+    finally:
+        p.kill()
+    assert p.returncode != 0 and "empty.jsonl: no rows to train on" in out, out
+    assert not list((tmp_path / "none").glob("ckpt-*"))
+
+
+def test_steps_without_a_readable_clip_do_not_count(random_backbones, tmp_path):
+    """A step whose every clip is unreadable does not advance the schedule (it used to log loss 0,
+    grad_norm 0 and count), and a manifest whose audio is all unreadable is an error, not a checkpoint."""
+    import data
+    manifest = write_tiny_training_set(tmp_path / "data", n=8)
+    rows = data.read_jsonl(manifest)
+    first = data.length_bucketed_batches([data.row_length(r) for r in rows], 2, 42, 0)[0]  # seed 42: the default
+    for i in first:
+        (tmp_path / "data" / rows[i]["id"]).write_bytes(b"not audio")
+    out = tmp_path / "run"
+    train.main(args(random_backbones, manifest, out, max_steps=3, global_batch=2, max_skip_rate=1.0))
+    steps = [r for r in read_log(out) if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3]
+    assert all(r["loss"] > 0 and r["grad_norm"] > 0 for r in steps), steps
+    for r in rows:
+        (tmp_path / "data" / r["id"]).write_bytes(b"not audio")
+    with pytest.raises(SystemExit, match="all 8 clips read so far were unreadable"):
+        train.main(args(random_backbones, manifest, tmp_path / "bad", max_steps=4, max_skip_rate=1.0))
+    assert not list((tmp_path / "bad").glob("ckpt-*"))
+
+
+def test_broken_checkpoints_are_skipped_and_not_kept(random_backbones, tmp_path, capsys):
+    """A ckpt folder that lost a file (train_state.pt, rng-0.pt) is named and skipped, not loaded; saving
+    that step again replaces it (os.replace onto it used to fail: 'Directory not empty', on every rerun);
+    a leftover .tmp-ckpt-N is no obstacle; and broken folders do not count as kept ones (keep_last)."""
+    manifest = write_tiny_training_set(tmp_path / "data")
+    out = tmp_path / "run"
+    train.main(args(random_backbones, manifest, out, max_steps=4, save_every=2, keep_last=2))
+    (out / "ckpt-00000004" / "rng-0.pt").unlink()
+    (out / "ckpt-00000005").mkdir()
+    (out / "ckpt-00000005" / "config.json").write_text("{}")
+    (out / ".tmp-ckpt-00000004" / "sub").mkdir(parents=True)
+    (out / ".tmp-ckpt-00000004" / "sub" / "junk").write_text("left by a kill")
+    capsys.readouterr()
+    train.main(args(random_backbones, manifest, out, max_steps=6, save_every=2, keep_last=2, allow_changes="true"))
+    captured = capsys.readouterr()
+    assert "skipping broken checkpoint" in captured.err and "ckpt-00000004 (missing rng-0.pt)" in captured.err
+    assert "ckpt-00000005 (missing model.safetensors, train_state.pt, rng-0.pt)" in captured.err
+    assert f"resumed from {out / 'ckpt-00000002'} at step 2" in captured.out
+    assert [p.name for p in train.complete_checkpoints(out, 1)] == ["ckpt-00000004", "ckpt-00000006"]
+    (out / "ckpt-00000006" / "train_state.pt").unlink()
+    assert train.latest_checkpoint(out) == out / "ckpt-00000004"
+
+
+def test_resume_with_other_settings_is_refused(random_backbones, tmp_path):
+    """A rerun into the same out_dir with another batch size, learning rate or manifest used to continue
+    the old checkpoint silently (and overwrite config.json): refused with the reason, unless asked for."""
+    manifest = write_tiny_training_set(tmp_path / "data")
+    other = write_tiny_training_set(tmp_path / "other", n=6)
+    out = tmp_path / "run"
+    train.main(args(random_backbones, manifest, out, max_steps=2, save_every=2))
+    config = (out / "config.json").read_text()
+    with pytest.raises(SystemExit, match=r"other settings: batch_size=2 \(now 4\); global_batch=4 \(now 8\)"):
+        train.main(args(random_backbones, manifest, out, max_steps=2, batch_size=4, global_batch=8))
+    with pytest.raises(SystemExit, match=r"lr=0.003 \(now 0.01\)"):
+        train.main(args(random_backbones, manifest, out, max_steps=2, lr=0.01))
+    with pytest.raises(SystemExit, match=r"train_manifest=.*data_root=.*8 manifest rows \(now 6\)"):
+        train.main(args(random_backbones, other, out, max_steps=2))
+    assert (out / "config.json").read_text() == config
+    # what only changes logging, evaluation or speed is free; anything else with --allow_changes=true
+    assert train.main(args(random_backbones, manifest, out, max_steps=2, log_every=5, num_workers=1))["step"] == 2
+    with pytest.raises(SystemExit, match=r"max_steps=2 \(now 3\)"):  # a longer run is another schedule
+        train.main(args(random_backbones, manifest, out, max_steps=3))
+    assert train.main(args(random_backbones, manifest, out, max_steps=3, lr=0.01, allow_changes="true"))["step"] == 3
+
+
+def test_truncated_checkpoint_on_resume_names_the_file(random_backbones, tmp_path):
+    manifest = write_tiny_training_set(tmp_path / "data")
+    out = tmp_path / "run"
+    train.main(args(random_backbones, manifest, out, max_steps=2, save_every=2))
+    weights = out / "ckpt-00000002" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:64])
+    with pytest.raises(desta.CheckpointError, match=f"{weights}: not a readable safetensors file"):
+        train.main(args(random_backbones, manifest, out, max_steps=4, save_every=2, allow_changes="true"))
+    state = out / "ckpt-00000002" / "train_state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    with pytest.raises(desta.CheckpointError, match=f"{state}: cannot be read"):
+        train.main(args(random_backbones, manifest, out, max_steps=4, save_every=2, allow_changes="true"))
+
+
+@pytest.mark.parametrize("change, why", [
+    (lambda r: r.update(response=None), "field 'response' must be a string, got NoneType"),
+    (lambda r: r.update(messages="<|AUDIO|> hello"), "field 'messages' must be a non-empty list"),
+    (lambda r: r["messages"][1].update(content="no marker here"), r"0 <\|AUDIO\|> marker\(s\) in the messages but 1 audio"),
+])
+def test_bad_training_rows_are_named_when_read(random_backbones, tmp_path, change, why):
+    """A null response, a string for messages or a user turn without <|AUDIO|> used to fail deep in a
+    batch; the manifest reader names file, line and id."""
+    import data
+    manifest = write_tiny_training_set(tmp_path / "data")
+    rows = data.read_jsonl(manifest)
+    change(rows[2])
+    data.write_jsonl(manifest, rows)
+    with pytest.raises(data.ManifestError, match=f"train.jsonl:3: row 'audio/2.wav': {why}"):
+        train.main(args(random_backbones, manifest, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
