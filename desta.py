@@ -1322,8 +1322,6 @@ def pick_dtype(device, choice: str = "auto") -> tuple[torch.dtype, str]:
     return (torch.bfloat16 if r >= BF16_MIN_SPEEDUP else torch.float32), why
 
 
-def resolve_weights(name_or_path, weights_root=None) -> Path:
-    """A local HF-layout folder for a model id: the path itself, or `<weights_root>/<repo id>`.
 PROJECT_DIR = Path(__file__).resolve().parent
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name, as on the hub
 
