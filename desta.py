@@ -30,8 +30,8 @@ import json
 import math
 import os
 import pickle
-import time
 import re
+import time
 import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
