@@ -1854,20 +1854,23 @@ class Backbones:
     asr: desta.Whisper = None       # VAD + ASR give the transcripts (desta, cascade)
     vad: desta.SileroVAD = None
     transcripts: dict = None        # audio path -> transcript, shared by every system in a run
+    language: str = None            # forced ASR language; None: detected per clip (the authors' code)
 
     @property
     def device(self):
         return self.llm.embed_tokens.weight.device
 
 
-def load_backbones(checkpoint=None, llm=None, asr=None, need_asr=True, dtype=torch.float32, device="cpu"):
+def load_backbones(checkpoint=None, llm=None, asr=None, need_asr=True, dtype=torch.float32, device="cpu",
+                   encoder_dtype=torch.float32):
     """DeSTA from an adapter folder (its backbones from its config, or `llm` / `asr` folders), or a bare
     LLM; plus Whisper ASR and Silero VAD when transcripts are needed. With DeSTA, an ASR model on the same
-    Whisper folder shares the encoder."""
+    Whisper folder shares the encoder. dtype is the LLM's; Whisper runs in encoder_dtype (the authors:
+    fp32 Whisper and adapter, bf16 LLM)."""
     model = None
     if checkpoint is not None:
         model = desta.DeSTA.from_pretrained(desta.resolve_weights(checkpoint), llm_dir=llm, dtype=dtype,
-                                            device=device).eval()
+                                            device=device, encoder_dtype=encoder_dtype).eval()
         lm, tok = model.llm, model.tokenizer
     elif llm is not None:
         llm_dir = desta.resolve_weights(llm)
@@ -1880,7 +1883,7 @@ def load_backbones(checkpoint=None, llm=None, asr=None, need_asr=True, dtype=tor
         if asr is None:
             raise ValueError("transcripts need a Whisper ASR folder (--asr)")
         asr_dir = desta.resolve_weights(asr)
-        bb.asr = desta.Whisper.from_pretrained(asr_dir, dtype, device)
+        bb.asr = desta.Whisper.from_pretrained(asr_dir, encoder_dtype, device)
         if model is not None and asr_dir == desta.resolve_weights(model.cfg.encoder_model_id):
             model.whisper = bb.asr.encoder  # one copy of the encoder serves both
         bb.vad = desta.SileroVAD.from_pretrained()
@@ -1918,7 +1921,8 @@ def ensure_transcripts(bb, paths, waves, mels):
     mel = mels[bb.asr.encoder.cfg.n_mels]
     for j in range(0, len(todo), ENCODE_BATCH):
         idx = todo[j:j + ENCODE_BATCH]
-        texts = generate.transcribe_if_speech([waves[i] for i in idx], mel[idx], bb.vad, bb.asr)
+        texts = generate.transcribe_if_speech([waves[i] for i in idx], mel[idx], bb.vad, bb.asr,
+                                              language=bb.language)
         for i, t in zip(idx, texts):
             bb.transcripts[paths[i]] = t
 
@@ -2056,12 +2060,15 @@ def run_prompts(bb, system, prompts, path, max_new_tokens=512, batch_size=16, ch
     writer = data.JsonlAppender(path)
     done = {r["id"]: r for r in writer.rows()}
     todo = [p for p in prompts if p.id not in done]
-    stats = {"system": system, "prompts": len(prompts), "resumed": len(prompts) - len(todo), "generated": 0}
+    stats = {"system": system, "prompts": len(prompts), "resumed": len(prompts) - len(todo), "generated": 0,
+             "vad": getattr(bb and bb.vad, "source", None)}  # the VAD weights the transcripts depend on
     t0 = last = time.time()
 
     def on_finish(p, response, audio_texts, option_logprobs=None):
         nonlocal last
         rec = {"id": p.id, "prompt": p.user, "response": response, "audio_texts": audio_texts, "system": system}
+        if stats["vad"] and system != "text":
+            rec["vad"] = stats["vad"]
         if option_logprobs is not None:
             rec["option_logprobs"] = option_logprobs
         writer.append(rec)
@@ -2099,7 +2106,7 @@ def unanswered(path, prompts):
 def finalize_predictions(path, records, done):
     """Rewrite the predictions file in row order with the scored records (extracted, correct), keeping each
     answer's audio_texts and system, and any earlier answers outside this run (e.g. a larger --limit)."""
-    extra = {"audio_texts", "system", "option_logprobs"}
+    extra = {"audio_texts", "system", "option_logprobs", "vad"}
     out = [{**r, **{k: done[r["id"]][k] for k in extra if k in done.get(r["id"], {})}} for r in records]
     seen = {r["id"] for r in records}
     write_predictions(path, out + [r for i, r in done.items() if i not in seen])
@@ -2305,7 +2312,10 @@ def load_system(args):
     with Whisper ASR for the cascade (--asr, else the checkpoint's encoder)."""
     dtype = generate.DTYPES[args.dtype]
     if args.system == "desta":
-        return load_backbones(args.checkpoint, args.llm, args.asr, dtype=dtype, device=args.device)
+        bb = load_backbones(args.checkpoint, args.llm, args.asr, dtype=dtype, device=args.device,
+                            encoder_dtype=generate.DTYPES[args.encoder_dtype])
+        bb.language = args.language
+        return bb
     cfg = args.checkpoint and desta.DeSTAConfig.from_json(desta.resolve_weights(args.checkpoint) / "config.json")
     llm = args.llm or (cfg.llm_model_id if cfg else None)
     asr = args.asr or (cfg.encoder_model_id if cfg else None)
@@ -2313,7 +2323,10 @@ def load_system(args):
         raise ValueError(f"--system {args.system} needs --llm (or a --checkpoint whose config names the LLM)")
     if args.system == "cascade" and asr is None:
         raise ValueError("--system cascade needs --asr (or a --checkpoint whose config names the encoder)")
-    return load_backbones(None, llm, asr, need_asr=args.system == "cascade", dtype=dtype, device=args.device)
+    bb = load_backbones(None, llm, asr, need_asr=args.system == "cascade", dtype=dtype, device=args.device,
+                        encoder_dtype=generate.DTYPES[args.encoder_dtype])
+    bb.language = args.language
+    return bb
 
 
 def main_tiny(args):
@@ -2332,7 +2345,9 @@ def main_tiny(args):
     bb = None  # nothing to answer (a finished run re-scored): no model is loaded
     if pending:
         bb = load_backbones(args.checkpoint, args.llm, args.asr, need_asr=pending != ["text"],
-                            dtype=generate.DTYPES[args.dtype], device=args.device)
+                            dtype=generate.DTYPES[args.dtype], device=args.device,
+                            encoder_dtype=generate.DTYPES[args.encoder_dtype])
+        bb.language = args.language
     scores, stats = {}, {}
     for system in systems:
         path = out / f"{name}.{system}.predictions.jsonl"
@@ -2406,6 +2421,9 @@ def main(argv=None):
     p.add_argument("--chunk", type=int, default=RUN_CHUNK, help="prompts per engine call")
     p.add_argument("--batch-tokens", type=int, default=PPL_BATCH_TOKENS, help="ppl: padded tokens per forward")
     p.add_argument("--dtype", choices=sorted(generate.DTYPES), default="bf16" if torch.cuda.is_available() else "fp32")
+    p.add_argument("--encoder-dtype", choices=sorted(generate.DTYPES), default="fp32",
+                   help="Whisper's precision (encoder and ASR); the authors run it in fp32, the LLM in bf16")
+    p.add_argument("--language", help="force the ASR language (e.g. fr); default: Whisper detects it per clip")
     p.add_argument("--device", default=generate.device_for(0))
     p.add_argument("--split", default=TINY_SPLIT, help="tiny: the manifest split to ask about")
     p.add_argument("--audio-root", help="tiny: folder the manifest ids are relative to (default: its folder)")
@@ -2453,6 +2471,7 @@ def main(argv=None):
     scored = score_benchmark(args.benchmark, rows, responses, judge, args.reference_ifrate)
 
     if run:
+        scored.scores["run"] = stats  # with the VAD version the transcripts came from
         finalize_predictions(out / f"{name}.predictions.jsonl", scored.records, done)
     else:
         write_predictions(out / f"{name}.predictions.jsonl", scored.records)
