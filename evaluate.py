@@ -57,7 +57,11 @@ import generate
 
 # System prompts (paper; SPEC 10). MMAU uses the authors' released evaluation prompt.
 SYSTEM_DEFAULT = "Focus on the audio clips and instructions."
-SYSTEM_MCQ = SYSTEM_DEFAULT + " Choose one of the options without any explanation."
+# Multiple choice (Dynamic-SUPERB, SAKURA) as the authors' docs/evaluation_tips.md gives it: "instruction"
+# (singular; the paper writes "instructions.") and the user turn `<|AUDIO|> {instruction}`, a space after
+# the audio. Paper and code disagree; we follow the code.
+SYSTEM_MCQ = "Focus on the audio clips and instruction. Choose one of the options without any explanation."
+MCQ_AUDIO_SEP = " "
 SYSTEM_MMAU = ('Focus on the audio clips and instructions. '
                'Put your answer in the format "The correct answer is: "___" ".')
 SYSTEM_VOICE = "You are a voice assistant. Act as if you are a natural language partner"
@@ -81,9 +85,10 @@ class Prompt:
     audios: list
     audio_sep: str = AUDIO_SEP
     texts: list = None           # a text stand-in per audio (seed description, Speech-IFEval's textual_audio)
-    max_new_tokens: int = None   # cap for this prompt; None: the run's default
+    max_new_tokens: int = None   # this prompt's budget (the benchmark's protocol); None: the run's default
     options: list = None         # multiple choice by likelihood: the answer is the likeliest option (section 9) ...
     reply_prefix: str = ""       # ... as the assistant's reply `reply_prefix + option`
+    text_chat: list = None       # the exact chat the text system reads (a benchmark's own text reference)
 
 
 @dataclass
@@ -448,7 +453,7 @@ def dynamic_superb_user_text(row):
 
 def dynamic_superb_prompt(row):
     audios = [row["audio"]] + ([row["audio2"]] if row.get("audio2") else [])
-    return Prompt(row["id"], SYSTEM_MCQ, dynamic_superb_user_text(row), audios)
+    return Prompt(row["id"], SYSTEM_MCQ, dynamic_superb_user_text(row), audios, MCQ_AUDIO_SEP)
 
 
 _LIST_CUES = (
@@ -611,7 +616,7 @@ def load_sakura(root, tracks=SAKURA_TRACKS):
 
 
 def sakura_prompt(row):
-    return Prompt(row["id"], SYSTEM_MCQ, row["instruction"], [row["audio"]])
+    return Prompt(row["id"], SYSTEM_MCQ, row["instruction"], [row["audio"]], MCQ_AUDIO_SEP)
 
 
 def parse_sakura_options(instruction):
@@ -733,18 +738,34 @@ _ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc"
                   "a.m", "p.m", "inc", "ltd", "co", "corp", "no", "fig", "approx", "dept", "est", "vol"}
 
 
+# After an ellipsis, punkt's orthographic heuristic starts a new sentence at a lower-case word that its
+# English model has seen capitalised (or never seen lower-case at a sentence start): the closed-class
+# words and sentence adverbs that open sentences ("...again", "...and"), not content words ("a...
+# meeting"). This list stands in for that table (nltk's punkt data is a download).
+_PUNKT_LOWER_STARTERS = set("""
+a an the and but or nor so yet then again also still now well oh ah just maybe perhaps anyway however
+instead meanwhile finally suddenly even only though although because while after before if when where
+what who whom whose which why how there here this that these those it its i you he she we they me him
+her us them my your his our their mine yours some any all no not yes one each every both either neither
+in on at for with to of as by from into about over under like unlike do does did is are was were be
+""".split())
+
+
 def count_sentences(text):
     """Number of sentences. IFEval uses nltk's punkt model; with nltk and its punkt data installed we
-    use it, else this approximation: a sentence ends at '.', '!' or '?' (closing quotes/brackets may
-    follow) before whitespace or the end, unless the word ending in '.' is an abbreviation, an initial
-    or a list marker ('1.' opening a line), or an ellipsis is followed by a lower-case word."""
+    use it, else this approximation of punkt on English: a sentence ends at '.', '!' or '?' (closing
+    quotes/brackets may follow) before whitespace or the end, unless the word ending in '.' is an
+    abbreviation, an initial or a list marker ('1.' opening a line), or an ellipsis '...' is followed by
+    a lower-case word other than a sentence opener (_PUNKT_LOWER_STARTERS: "invited... again." is two
+    sentences, "at a... meeting, and" one, as the authors' scorer counts on Speech-IFEval). '…' is no
+    sentence end for punkt (only . ! ? are)."""
     try:
         import nltk  # optional: the reference tokenizer
         return len(nltk.tokenize.sent_tokenize(text))
     except (ImportError, LookupError):
         pass
     n, start = 0, 0
-    for m in re.finditer(r"(?:[.!?]+|…)[\"'”’)\]]*(?=\s|$)", text):
+    for m in re.finditer(r"[.!?]+[\"'”’)\]]*(?=\s|$)", text):
         mark = m.group().rstrip("\"'”’)]")
         if mark == ".":
             before = text[start:m.start()]
@@ -753,9 +774,9 @@ def count_sentences(text):
             line_start = not before[:len(before) - len(word)].split("\n")[-1].strip()
             if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()) or (word.isdigit() and line_start):
                 continue
-        elif mark.startswith("..") or mark == "…":
-            following = text[m.end():].lstrip()
-            if following[:1].islower():
+        elif mark.startswith(".."):
+            following = re.match(r"\s*([\w']+)", text[m.end():])
+            if following and following.group(1)[0].islower() and following.group(1).lower() not in _PUNKT_LOWER_STARTERS:
                 continue
         if text[start:m.end()].strip(" \n\t.!?…\"'”’)]"):
             n += 1
@@ -1084,10 +1105,22 @@ def load_speech_ifeval(path, audio_root=None):
     return rows
 
 
+# The benchmark's own scripts (kehanlu/Speech-IFEval examples/eval_desta2.py for a speech model,
+# eval_llama3_8B_instruct.py for the text reference): system "Follow the given instructions.", greedy,
+# 2048 new tokens; the text reference reads `Speech Input: {textual_audio}\n\n{instruction}`. The paper
+# names only the default system prompt; we follow the code.
+SPEECH_IFEVAL_SYSTEM = "Follow the given instructions."
+SPEECH_IFEVAL_MAX_NEW_TOKENS = 2048
+
+
 def speech_ifeval_prompt(row):
     # textual_audio is what the reference IFrate's text-only LLM reads in place of the audio
     texts = [row["textual_audio"]] if row.get("textual_audio") else None
-    return Prompt(row["id"], SYSTEM_DEFAULT, row["instruction"], [row["audio"]], texts=texts)
+    text_chat = None if texts is None else [
+        {"role": "system", "content": SPEECH_IFEVAL_SYSTEM},
+        {"role": "user", "content": f"Speech Input: {row['textual_audio']}\n\n{row['instruction']}"}]
+    return Prompt(row["id"], SPEECH_IFEVAL_SYSTEM, row["instruction"], [row["audio"]], texts=texts,
+                  max_new_tokens=SPEECH_IFEVAL_MAX_NEW_TOKENS, text_chat=text_chat)
 
 
 def cot_judge(judge, row, response):
@@ -1099,24 +1132,46 @@ def cot_judge(judge, row, response):
     return None if m is None else m.group(0).lower() == "yes"
 
 
-def score_speech_ifeval(rows, responses, judge=None, reference_ifrate=SPEECH_IFEVAL_REFERENCE_IFRATE):
+def read_judge_verdicts(path):
+    """Released LLM-judge verdicts (the benchmark's `reports/llm_eval@chain-of-thought.jsonl`: rows with
+    instruction, response, eval_response) -> {(instruction, response): followed}. The verdict is read
+    from eval_response as the authors' script does ('Result: YES|NO'); a row without one is an error."""
+    verdicts = {}
+    for n, row in enumerate(read_jsonl(path)):
+        require(row, ["instruction", "response", "eval_response"], f"{path} row {n}")
+        m = re.search(r"(?i)(?<=result:\s)(yes|no)", row["eval_response"])
+        if m is None:
+            raise ValueError(f"{path} row {n}: eval_response has no 'Result: YES|NO'")
+        verdicts[(row["instruction"], row["response"])] = m.group(0).lower() == "yes"
+    return verdicts
+
+
+def score_speech_ifeval(rows, responses, judge=None, reference_ifrate=SPEECH_IFEVAL_REFERENCE_IFRATE,
+                        verdicts=None):
     """Closed-ended and creative-writing rates = share of rows whose instructions are all followed
-    (strict); chain-of-thought rate from the judge, else missing. IFrate = mean of the three parts;
-    delta (forgetting rate) = (IFrate - reference) / reference * 100."""
+    (strict); chain-of-thought rate from `verdicts` (read_judge_verdicts: released judgements of these
+    very responses, so the rate needs no live judge), else the judge, else missing. IFrate = mean of
+    the three parts; delta (forgetting rate) = (IFrate - reference) / reference * 100."""
     records, parts, per_inst = [], defaultdict(list), defaultdict(lambda: [0, 0])
-    approximate, unparsed = Counter(), 0
+    approximate, unparsed, from_verdicts, unjudged = Counter(), 0, 0, 0
     nltk_missing = _nltk_missing()
     for row in rows:
         response = responses.get(row["id"]) or ""
         where = f"Speech-IFEval row {row['id']}"
         if row["part"] == "chain_of_thought":
-            if judge is None:  # kept in the predictions, unscored: the part is reported missing
+            key = (row["instruction"], response)
+            if verdicts is not None and key in verdicts:  # a released verdict of this exact response
+                from_verdicts += 1
+                followed = [verdicts[key]]
+            elif judge is None:  # kept in the predictions, unscored: the part is reported missing
                 records.append({"id": row["id"], "prompt": row["instruction"], "response": response,
                                 "extracted": None, "correct": None, "part": row["part"]})
+                unjudged += 1
                 continue
-            verdict = cot_judge(judge, row, response)
-            unparsed += verdict is None  # the authors' script would stop here; we count it as not followed
-            followed = [bool(verdict)]
+            else:
+                verdict = cot_judge(judge, row, response)
+                unparsed += verdict is None  # the authors' script would stop here; we count it as not followed
+                followed = [bool(verdict)]
         else:
             followed = []
             for iid, kw in zip(row["instruction_id_list"], row["kwargs"]):
@@ -1130,6 +1185,8 @@ def score_speech_ifeval(rows, responses, judge=None, reference_ifrate=SPEECH_IFE
                         "extracted": followed, "correct": all(followed), "part": row["part"],
                         "instruction_id_list": row.get("instruction_id_list")})
     rates = {p: pct(sum(v), len(v)) for p, v in parts.items()}
+    if unjudged:  # a part judged only in part is no rate: report it missing
+        rates.pop("chain_of_thought", None)
     for p in SPEECH_IFEVAL_PARTS.values():
         rates.setdefault(p, None)
     complete = all(rates[p] is not None for p in SPEECH_IFEVAL_PARTS.values())
@@ -1142,6 +1199,7 @@ def score_speech_ifeval(rows, responses, judge=None, reference_ifrate=SPEECH_IFE
         "missing": [p for p in SPEECH_IFEVAL_PARTS.values() if rates[p] is None],
         "approximate_checks": {k: v for k, v in approximate.items() if v},
         "unparsed_judgements": unparsed,
+        "cot_from_released_verdicts": from_verdicts,
         "no_prediction": sum(r["id"] not in responses for r in rows),
     }
     return Scored(records, scores)
@@ -1964,7 +2022,8 @@ def prompt_inputs(bb, system, prompts):
         index = {a: i for i, a in enumerate(paths)}
         inputs = desta_prompt_embeddings(bb.model, prompts, bb.transcripts, mels[bb.model.whisper.cfg.n_mels], index)
     else:
-        inputs = [tok.apply_chat_template(text_messages(p, t)) for p, t in zip(prompts, audio_texts)]
+        inputs = [tok.apply_chat_template(p.text_chat if system == "text" and p.text_chat else text_messages(p, t))
+                  for p, t in zip(prompts, audio_texts)]
     return inputs, audio_texts
 
 
@@ -2080,14 +2139,14 @@ def run_prompts(bb, system, prompts, path, max_new_tokens=512, batch_size=16, ch
                   f"{stats['generated'] / (last - t0):.2f}/s", file=sys.stderr, flush=True)
 
     try:
-        # prompts with their own cap (e.g. multiple choice) go in their own engine calls
+        # prompts with their own budget (multiple choice, Speech-IFEval's 2048) go in their own engine calls
         groups = defaultdict(list)
         by_likelihood = [p for p in todo if p.options]
         for j in range(0, len(by_likelihood), chunk):
             choose_options(bb, system, by_likelihood[j:j + chunk], on_finish)
         for p in todo:
             if not p.options:
-                groups[min(p.max_new_tokens or max_new_tokens, max_new_tokens)].append(p)
+                groups[p.max_new_tokens or max_new_tokens].append(p)
         for cap, group in groups.items():
             for j in range(0, len(group), chunk):
                 answer_prompts(bb, system, group[j:j + chunk], cap, batch_size, on_finish)
@@ -2289,11 +2348,12 @@ def load_rows(benchmark, data, subset=None):
     return BENCHMARKS[benchmark].load(data)
 
 
-def score_benchmark(benchmark, rows, responses, judge=None, reference_ifrate=SPEECH_IFEVAL_REFERENCE_IFRATE):
+def score_benchmark(benchmark, rows, responses, judge=None, reference_ifrate=SPEECH_IFEVAL_REFERENCE_IFRATE,
+                    verdicts=None):
     if benchmark == "sakura":
         return score_sakura(rows, responses, judge)
     if benchmark == "speech_ifeval":
-        return score_speech_ifeval(rows, responses, judge, reference_ifrate)
+        return score_speech_ifeval(rows, responses, judge, reference_ifrate, verdicts)
     scored = BENCHMARKS[benchmark].score(rows, responses)
     if benchmark == "voicebench":
         scored.scores["subset_score"] = voicebench_subset_score(scored.scores["subset"], scored.scores)
@@ -2416,7 +2476,10 @@ def main(argv=None):
     p.add_argument("--model-name", help="row label in the markdown table")
     p.add_argument("--judge", action="store_true", help=f"use the LLM judge configured by {JUDGE_ENV_BASE_URL}")
     p.add_argument("--reference-ifrate", type=float, default=SPEECH_IFEVAL_REFERENCE_IFRATE)
-    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--judge-verdicts", help="Speech-IFEval: released judge verdicts of these responses "
+                   "(reports/llm_eval@chain-of-thought.jsonl) score the chain-of-thought part offline")
+    p.add_argument("--max-new-tokens", type=int, default=512,
+                   help="for prompts without a budget of their own (Speech-IFEval: 2048, its protocol)")
     p.add_argument("--batch-size", type=int, default=16, help="generation slots")
     p.add_argument("--chunk", type=int, default=RUN_CHUNK, help="prompts per engine call")
     p.add_argument("--batch-tokens", type=int, default=PPL_BATCH_TOKENS, help="ppl: padded tokens per forward")
@@ -2468,7 +2531,8 @@ def main(argv=None):
         if unknown:
             print(f"warning: {len(unknown)} prediction ids not in the data, e.g. {sorted(unknown)[:3]}",
                   file=sys.stderr)
-    scored = score_benchmark(args.benchmark, rows, responses, judge, args.reference_ifrate)
+    verdicts = read_judge_verdicts(args.judge_verdicts) if args.judge_verdicts else None
+    scored = score_benchmark(args.benchmark, rows, responses, judge, args.reference_ifrate, verdicts)
 
     if run:
         scored.scores["run"] = stats  # with the VAD version the transcripts came from
