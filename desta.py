@@ -359,6 +359,8 @@ class Whisper(nn.Module):
         s = self.tokenizer.special
         ids = [s["<|startoftranscript|>"]]
         if self.lang_to_id:
+            if language_id is None:
+                raise ValueError("a multilingual Whisper's prompt needs a language token (or let transcribe detect it)")
             ids += [language_id, s["<|transcribe|>"]]
         return ids + [s["<|notimestamps|>"]]
 
@@ -761,7 +763,7 @@ class Tokenizer:
                  clean_up: bool = False):
         n = len(ranks)
         # tokenizer_config.json's clean_up_tokenization_spaces: HF's decode then removes the space before
-        # punctuation and contractions (true for Llama 3.1 and whisper-large-v3, false for tiny.en, SmolLM2)
+        # punctuation and contractions (true for Llama-3.1-8B-Instruct; false for whisper-tiny.en, SmolLM2)
         self.clean_up = clean_up
         self.special = special
         # special tokens get the ranks right after the regular ones; ids are mapped back below
