@@ -294,8 +294,9 @@ def official_connector(adapter: dict, whisper_cfg, prompt_size: int):
 
 
 @torch.no_grad()
-def official_generate(paths, prompt, whisper_dir, llm_dir, ckpt_dir, max_new_tokens):
-    """DeSTA25AudioModel.generate(messages, do_sample=False, max_new_tokens) for one prompt per clip."""
+def official_generate(paths, prompt, whisper_dir, llm_dir, ckpt_dir, max_new_tokens, given=None):
+    """DeSTA25AudioModel.generate(messages, do_sample=False, max_new_tokens) for one prompt per clip;
+    given: the "text" of every clip's audio entry (None: ASR)."""
     import soundfile as sf
     from safetensors.torch import load_file
     from silero_vad import get_speech_timestamps, load_silero_vad  # what torch.hub's snakers4/silero-vad gives
@@ -313,7 +314,7 @@ def official_generate(paths, prompt, whisper_dir, llm_dir, ckpt_dir, max_new_tok
 
     # 1. audio, VAD, ASR on the clips with speech (no language: Whisper detects it)
     features = [sf.read(p, dtype="float32")[0] for p in paths]
-    transcriptions, asr_features, asr_indices = [None] * len(paths), [], []
+    transcriptions, asr_features, asr_indices = [given] * len(paths), [], []
     for i, f in enumerate(features):
         is_speech = get_speech_timestamps(torch.from_numpy(f), vad)
         if is_speech and transcriptions[i] is None:
@@ -376,20 +377,25 @@ def official_generate(paths, prompt, whisper_dir, llm_dir, ckpt_dir, max_new_tok
     return transcriptions, answer_ids, texts
 
 
-def test_generate_cli_matches_the_official_pipeline(tmp_path, multilingual_whisper):
+def run_generate_cli(tmp_path, clips, prompt, ckpt, n, *extra):
+    import os
     import subprocess
     import sys
+    out = tmp_path / f"out{len(extra)}.jsonl"
+    run = subprocess.run([sys.executable, "generate.py", "--audio", *map(str, clips), "--prompt", prompt,
+                          "--checkpoint", str(ckpt), "--max-new-tokens", str(n), "--out", str(out), *extra],
+                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_generate_cli_matches_the_official_pipeline(tmp_path, multilingual_whisper):
     llm = write_llama(tmp_path / "llm")
     ckpt = write_adapter(tmp_path / "ckpt", multilingual_whisper, llm)
     clips = write_clips(tmp_path)
     prompt, n = "What can you hear? Isn't it nice , really ?", 24
-    root = Path(__file__).resolve().parents[1]
-    out = tmp_path / "out.jsonl"
-    run = subprocess.run([sys.executable, "generate.py", "--audio", *map(str, clips), "--prompt", prompt,
-                          "--checkpoint", str(ckpt), "--max-new-tokens", str(n), "--out", str(out)],
-                         cwd=root, capture_output=True, text=True, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
-    assert run.returncode == 0, run.stderr[-3000:]
-    ours = [json.loads(line) for line in out.read_text().splitlines()]
+    ours = run_generate_cli(tmp_path, clips, prompt, ckpt, n)
     transcripts, answer_ids, texts = official_generate(clips, prompt, multilingual_whisper, llm, ckpt, n)
     print("\ntranscripts:", [t[:60] for t in transcripts], "\nanswers:", texts)
     assert transcripts[1] == " " and transcripts[0] and transcripts[2]  # silence; the two speech clips
@@ -397,3 +403,10 @@ def test_generate_cli_matches_the_official_pipeline(tmp_path, multilingual_whisp
     assert [r["response_ids"] for r in ours] == answer_ids
     assert [r["response"] for r in ours] == texts
     assert all(r["vad"] == f"silero-vad {desta.SILERO_VAD_VERSION} silero_vad.jit" for r in ours)
+    # a given transcription: the VAD still runs, the silent clip gets " "
+    given = "A given text , isn't it ?"
+    ours = run_generate_cli(tmp_path, clips, prompt, ckpt, n, "--transcription", given)
+    transcripts, answer_ids, texts = official_generate(clips, prompt, multilingual_whisper, llm, ckpt, n, given)
+    assert transcripts == [given, " ", given] == [r["transcription"] for r in ours]
+    assert [r["response_ids"] for r in ours] == answer_ids
+    assert [r["response"] for r in ours] == texts
