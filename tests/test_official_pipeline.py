@@ -222,6 +222,17 @@ LLAMA31_TEMPLATE = (  # the Llama 3.1 chat template's path without tools (its de
     "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}")
 
 
+# Pieces HF's clean-up rewrites (" ," -> ",", " n't" -> "n't", ...): their output rows are scaled up so
+# that the random LLM writes them often and the answer's clean-up shows in what is compared.
+CLEAN_UP_PIECES = (" ,", " .", " ?", " !", " n't", " 's", " 're", " hello", " world", " it", " is")
+
+
+@torch.no_grad()
+def boost_tokens(weight, tok, scale):
+    ids = sorted({i for piece in CLEAN_UP_PIECES for i in tok.encode(piece)})
+    weight[ids] *= scale
+
+
 def write_llama(root: Path) -> Path:
     models = pytest.importorskip("llama_models", reason="the llama-models wheel ships the Llama 3 tokenizer.model")
     from transformers.convert_slow_tokenizer import TikTokenConverter
@@ -229,8 +240,10 @@ def write_llama(root: Path) -> Path:
     cfg = transformers.LlamaConfig(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                                    num_key_value_heads=2, vocab_size=128256, rope_theta=500000.0,
                                    initializer_range=0.3, bos_token_id=128000, eos_token_id=[128001, 128008, 128009])
-    transformers.LlamaForCausalLM(cfg).save_pretrained(root)
+    model = transformers.LlamaForCausalLM(cfg)
     model_file = Path(models.__file__).parent / "llama3" / "tokenizer.model"
+    boost_tokens(model.lm_head.weight, desta.Tokenizer.from_llama3_model(model_file), 3.0)
+    model.save_pretrained(root)
     shutil.copy(model_file, root / "tokenizer.model")
     TikTokenConverter(vocab_file=str(model_file), pattern=desta.LLAMA3_PATTERN,
                       extra_special_tokens=desta.LLAMA3_SPECIAL).converted().save(str(root / "tokenizer.json"))
@@ -390,9 +403,29 @@ def run_generate_cli(tmp_path, clips, prompt, ckpt, n, *extra):
     return [json.loads(line) for line in out.read_text().splitlines()]
 
 
-def test_generate_cli_matches_the_official_pipeline(tmp_path, multilingual_whisper):
-    llm = write_llama(tmp_path / "llm")
-    ckpt = write_adapter(tmp_path / "ckpt", multilingual_whisper, llm)
+@pytest.fixture(scope="module")
+def official_folders(tmp_path_factory, multilingual_whisper):
+    root = tmp_path_factory.mktemp("official")
+    llm = write_llama(root / "llm")
+    return llm, write_adapter(root / "ckpt", multilingual_whisper, llm)
+
+
+def test_inference_loads_whisper_in_fp32_under_a_bf16_llm(official_folders):
+    """What generate.py (and evaluate.py) load for inference: the authors' precision per module."""
+    model, asr, vad = generate.load_for_inference(official_folders[1], dtype=torch.bfloat16)
+    assert asr.encoder is model.whisper  # one encoder serves the adapter and the ASR
+    assert {p.dtype for p in asr.parameters()} == {torch.float32}
+    assert {p.dtype for p in model.connector.parameters()} == {torch.float32}
+    assert {p.dtype for p in model.llm.parameters()} == {torch.bfloat16}
+    assert vad.source.startswith("silero-vad ")
+    import evaluate
+    bb = evaluate.load_backbones(official_folders[1], dtype=torch.bfloat16)
+    assert bb.asr.encoder is bb.model.whisper and bb.asr.encoder.conv1.weight.dtype == torch.float32
+    assert bb.llm.embed_tokens.weight.dtype == torch.bfloat16
+
+
+def test_generate_cli_matches_the_official_pipeline(tmp_path, multilingual_whisper, official_folders):
+    llm, ckpt = official_folders
     clips = write_clips(tmp_path)
     prompt, n = "What can you hear? Isn't it nice , really ?", 24
     ours = run_generate_cli(tmp_path, clips, prompt, ckpt, n)
