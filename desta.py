@@ -352,34 +352,79 @@ class Whisper(nn.Module):
         model.tokenizer = Tokenizer.from_pretrained(folder)
         return model.eval()
 
-    def prompt(self, language: str = "en") -> list[int]:
+    @property
+    def lang_to_id(self) -> dict[str, int]:
+        """Language tokens of a multilingual model ({"<|en|>": id, ...}); empty for English-only ones.
+        generation_config.json's lang_to_id when present (what transformers reads), else the tokens
+        between <|startoftranscript|> and <|translate|> (openai/whisper's layout)."""
+        s = self.tokenizer.special
+        if not self.generation.get("is_multilingual", "lang_to_id" in self.generation):
+            return {}
+        if "lang_to_id" in self.generation:
+            return dict(self.generation["lang_to_id"])
+        lo, hi = s["<|startoftranscript|>"], s["<|translate|>"]
+        return {t: i for t, i in s.items() if lo < i < hi}
+
+    def language_token(self, language: str) -> int:
+        """'fr' or '<|fr|>' -> that language token's id."""
+        token = language if language.startswith("<|") else f"<|{language.lower()}|>"
+        if token not in self.lang_to_id:
+            raise ValueError(f"language {language!r} is not one of this Whisper's languages "
+                             f"({len(self.lang_to_id)} known{'; English-only model' if not self.lang_to_id else ''})")
+        return self.lang_to_id[token]
+
+    def prompt(self, language_id: int | None = None) -> list[int]:
         """Start of transcript (+ language + transcribe for multilingual models) + no timestamps."""
         s = self.tokenizer.special
         ids = [s["<|startoftranscript|>"]]
-        if self.generation.get("is_multilingual", f"<|{language}|>" in s and "<|transcribe|>" in s):
-            ids += [s[f"<|{language}|>"], s["<|transcribe|>"]]
+        if self.lang_to_id:
+            if language_id is None:
+                raise ValueError("a multilingual Whisper's prompt needs a language token (or let transcribe detect it)")
+            ids += [language_id, s["<|transcribe|>"]]
         return ids + [s["<|notimestamps|>"]]
 
     @torch.no_grad()
-    def transcribe(self, mel: torch.Tensor, max_new_tokens: int = 128, language: str = "en") -> list[str]:
+    def transcribe(self, mel: torch.Tensor, max_new_tokens: int = 128, language: str | None = None,
+                   return_languages: bool = False):
         """Greedy, batched, KV-cached decoding of log-mel (B, n_mels, 3000) -> texts.
 
-        As the reference decoder: `suppress_tokens` are never produced, `begin_suppress_tokens` (blank,
-        end of text) not as the first token; a row that produced end-of-text stays finished.
+        As transformers' Whisper generate, which the authors' code calls with no language: a
+        multilingual model first detects each clip's language (the likeliest language token after
+        <|startoftranscript|>), then decodes from sot, language, transcribe, notimestamps; `language`
+        ('fr') forces one. An English-only model (tiny.en) has the fixed prompt sot, notimestamps.
+        `suppress_tokens` are never produced, `begin_suppress_tokens` (blank, end of text) not as the
+        first token; a row that produced end-of-text stays finished. Text is decoded as the
+        tokenizer's folder says (clean-up of spaces) and stripped; no speech decoded stays "".
+        return_languages: also return each row's language token ("<|en|>"; None for English-only).
         """
         B = mel.shape[0]
         audio, _ = self.encoder(mel)
         audio_kv = self.decoder.audio_kv(audio)
         cache = self.decoder.new_cache(B)
-        eot = self.tokenizer.special["<|endoftext|>"]
+        s = self.tokenizer.special
+        eot = s["<|endoftext|>"]
         suppress = torch.tensor(self.generation.get("suppress_tokens") or [], dtype=torch.long)
         begin = torch.tensor(self.generation.get("begin_suppress_tokens") or [], dtype=torch.long)
-        prompt = self.prompt(language)
-        tokens = torch.tensor([prompt] * B, device=mel.device)
-        max_new_tokens = min(max_new_tokens, self.decoder.cfg.n_text_ctx - len(prompt))
+        sot = torch.full((B, 1), s["<|startoftranscript|>"], dtype=torch.long, device=mel.device)
+        langs = self.lang_to_id
+        if not langs and language is not None and language.strip("<|>").lower() != "en":
+            raise ValueError(f"this Whisper is English-only: cannot transcribe in {language!r}")
+        t0, lang = 0, None
+        if langs and language is None:  # detect: the first step sees sot only, so its cache rows are reused
+            logits = self.decoder(sot, audio_kv, cache, t0)[:, -1].float()
+            t0 = 1
+            ids = torch.tensor(list(langs.values()), device=mel.device)
+            lang = ids[logits[:, ids].argmax(-1)]
+            tokens = torch.stack([lang, torch.full_like(lang, s["<|transcribe|>"]),
+                                  torch.full_like(lang, s["<|notimestamps|>"])], dim=1)
+        else:
+            if langs:
+                lang = torch.full((B,), self.language_token(language), dtype=torch.long, device=mel.device)
+            tokens = torch.tensor([self.prompt(None if lang is None else int(lang[0]))] * B, device=mel.device)
+        n_prompt = t0 + tokens.shape[1]
+        max_new_tokens = min(max_new_tokens, self.decoder.cfg.n_text_ctx - n_prompt)
         out = torch.full((B, max_new_tokens), eot, dtype=torch.long, device=mel.device)
         done = torch.zeros(B, dtype=torch.bool, device=mel.device)
-        t0 = 0
         for i in range(max_new_tokens):
             logits = self.decoder(tokens, audio_kv, cache, t0)[:, -1].float()
             t0 += tokens.shape[1]
@@ -392,7 +437,11 @@ class Whisper(nn.Module):
             if done.all():
                 break
             tokens = nxt[:, None]
-        return [self.tokenizer.decode([t for t in row if t != eot], skip_special=True).strip() for row in out.tolist()]
+        texts = [self.tokenizer.decode([t for t in row if t != eot], skip_special=True).strip() for row in out.tolist()]
+        if not return_languages:
+            return texts
+        names = {i: t for t, i in langs.items()}
+        return texts, [None] * B if lang is None else [names[i] for i in lang.tolist()]
 
 
 # -----------------------------------------------------------------------------------------------
@@ -716,6 +765,14 @@ def pretokenizer_pattern(pre: dict | None, source: str) -> str:
     return pattern
 
 
+def clean_up_tokenization(text: str) -> str:
+    """HF's `clean_up_tokenization`: no space before . ? ! , and English contractions."""
+    for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                 (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+        text = text.replace(a, b)
+    return text
+
+
 class Tokenizer:
     """tiktoken underneath; ids are the model's own ids; renders chat for Llama 3 and ChatML models.
 
@@ -724,8 +781,12 @@ class Tokenizer:
     """
 
     def __init__(self, name: str, pattern: str, ranks: dict[bytes, int], special: dict[str, int],
-                 rank_to_id: np.ndarray | None, chat_format: str, chat_template: str | None = None):
+                 rank_to_id: np.ndarray | None, chat_format: str, chat_template: str | None = None,
+                 clean_up: bool = False):
         n = len(ranks)
+        # tokenizer_config.json's clean_up_tokenization_spaces: HF's decode then removes the space before
+        # punctuation and contractions (true for Llama-3.1-8B-Instruct; false for whisper-tiny.en, SmolLM2)
+        self.clean_up = clean_up
         self.special = special
         # special tokens get the ranks right after the regular ones; ids are mapped back below
         self.enc = tiktoken.Encoding(name, pat_str=pattern, mergeable_ranks=ranks,
@@ -754,18 +815,24 @@ class Tokenizer:
     @classmethod
     def from_pretrained(cls, folder) -> "Tokenizer":
         folder = Path(folder)
-        template = None
+        template, config = None, {}
         cfg_path = folder / "tokenizer_config.json"
         if cfg_path.is_file():
-            template = read_json(cfg_path).get("chat_template")
+            config = read_json(cfg_path)
+            template = config.get("chat_template")
             if isinstance(template, list):  # some repos store several named templates
                 template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        tok = None
         if (folder / "tokenizer.json").is_file():
-            return cls.from_tokenizer_json(folder / "tokenizer.json", template)
+            tok = cls.from_tokenizer_json(folder / "tokenizer.json", template)
         for p in (folder / "tokenizer.model", folder / "original" / "tokenizer.model"):
-            if p.is_file():
-                return cls.from_llama3_model(p)
-        raise CheckpointError(f"{folder}: no tokenizer.json or tokenizer.model")
+            if tok is None and p.is_file():
+                tok = cls.from_llama3_model(p)
+        if tok is None:
+            raise CheckpointError(f"{folder}: no tokenizer.json or tokenizer.model")
+        # absent: false, the default of current transformers (a bare tokenizer.model has no config)
+        tok.clean_up = bool(config.get("clean_up_tokenization_spaces", False))
+        return tok
 
     @classmethod
     def from_llama3_model(cls, path) -> "Tokenizer":
@@ -820,10 +887,13 @@ class Tokenizer:
         ids = self.rank_to_id[ranks].tolist() if ranks else []
         return ([self.bos_id] if bos and self.bos_id is not None else []) + ids
 
-    def decode(self, ids, skip_special: bool = False) -> str:
+    def decode(self, ids, skip_special: bool = False, clean_up: bool | None = None) -> str:
+        """ids -> text. clean_up (default: the folder's clean_up_tokenization_spaces) applies HF's rules,
+        as `batch_decode` in the authors' code does (transformers 4.x applied them to BPE tokenizers too)."""
         specials = set(self.special.values())
         data = b"".join(self.id_to_bytes[int(i)] for i in ids if not (skip_special and int(i) in specials))
-        return data.decode("utf-8", errors="replace")
+        text = data.decode("utf-8", errors="replace")
+        return clean_up_tokenization(text) if (self.clean_up if clean_up is None else clean_up) else text
 
     def token_id(self, token: str) -> int:
         if token not in self.special:
@@ -1240,21 +1310,26 @@ class DeSTA(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder, llm_dir=None, encoder_dir=None, dtype=torch.float32, device="cpu",
-                        weights_root=None) -> "DeSTA":
+                        weights_root=None, encoder_dtype=None) -> "DeSTA":
         """Load the adapter folder and the backbones it names (local folders, see resolve_weights)."""
         folder = Path(folder)
         cfg = DeSTAConfig.from_json(folder / "config.json")
-        model = cls.from_config(cfg, llm_dir, encoder_dir, dtype, device, weights_root)
+        model = cls.from_config(cfg, llm_dir, encoder_dir, dtype, device, weights_root, encoder_dtype)
         model.load_adapter(folder)
         return model
 
     @classmethod
     def from_config(cls, cfg: DeSTAConfig, llm_dir=None, encoder_dir=None, dtype=torch.float32, device="cpu",
-                    weights_root=None) -> "DeSTA":
-        """A fresh adapter (PyTorch default init, SPEC 4) over the frozen backbones."""
+                    weights_root=None, encoder_dtype=None) -> "DeSTA":
+        """A fresh adapter (PyTorch default init, SPEC 4) over the frozen backbones.
+
+        dtype is the LLM's; encoder_dtype Whisper's (None: dtype). The authors' model runs Whisper and
+        the Q-Former in fp32 and the LLM in bf16, casting the audio vectors at the splice (embed); the
+        adapter here is always fp32, so inference passes encoder_dtype=fp32 (generate.py, evaluate.py).
+        """
         llm_dir = resolve_weights(llm_dir or cfg.llm_model_id, weights_root)
         encoder_dir = resolve_weights(encoder_dir or cfg.encoder_model_id, weights_root)
-        model = cls(cfg, WhisperEncoder.from_pretrained(encoder_dir, dtype, device),
+        model = cls(cfg, WhisperEncoder.from_pretrained(encoder_dir, encoder_dtype or dtype, device),
                     Llama.from_pretrained(llm_dir, dtype, device), Tokenizer.from_pretrained(llm_dir))
         model.llm_hf_config = read_json(Path(llm_dir) / "config.json")
         model.encoder_hf_config = read_json(Path(encoder_dir) / "config.json")
@@ -1394,7 +1469,11 @@ VAD_MIN_SPEECH_MS = 250
 VAD_MIN_SILENCE_MS = 100
 VAD_SPEECH_PAD_MS = 30
 
-SILERO_PIP_HINT = "pip install silero-vad"
+# The wheel the weights are read from, pinned (requirements-tiny.txt): silero releases retrain the model,
+# and the authors' code took whatever torch.hub's snakers4/silero-vad master held on the day it ran.
+# The version is recorded with every output that used the VAD (SileroVAD.source).
+SILERO_VAD_VERSION = "6.2.3"
+SILERO_PIP_HINT = f"pip install silero-vad=={SILERO_VAD_VERSION}"
 SILERO_JIT_FILE = "silero_vad.jit"
 SILERO_SAFETENSORS_FILE = "silero_vad_16k.safetensors"
 SILERO_DEFAULT_FILE = SILERO_JIT_FILE
@@ -1419,6 +1498,15 @@ def silero_data_file(name: str = SILERO_DEFAULT_FILE) -> str:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found; reinstall the silero-vad wheel: `{SILERO_PIP_HINT}`")
     return path
+
+
+def silero_wheel_version() -> str | None:
+    """The installed silero-vad wheel's version (from its metadata; the package is not imported)."""
+    import importlib.metadata
+    try:
+        return importlib.metadata.version("silero-vad")
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 class _ScriptModule:
@@ -1505,7 +1593,14 @@ class SileroVAD(nn.Module):
     def from_pretrained(cls, path: str | None = None) -> "SileroVAD":
         """path: a silero `.jit` (TorchScript, weights only are read) or `.safetensors` file;
         None = the silero-vad wheel's `silero_vad.jit` (the weights silero's own API runs)."""
-        path = path or silero_data_file()
+        source = path
+        if path is None:
+            path, version = silero_data_file(), silero_wheel_version()
+            if version != SILERO_VAD_VERSION:  # other weights: speech/no-speech decisions may differ
+                import warnings
+                warnings.warn(f"silero-vad {version} is installed; the pinned weights are {SILERO_VAD_VERSION} "
+                              f"(`{SILERO_PIP_HINT}`)")
+            source = f"silero-vad {version} {os.path.basename(path)}"
         if not os.path.isfile(path):
             raise FileNotFoundError(f"Silero VAD weights file not found: {path}")
         tensors = _read_safetensors_weights(path) if path.endswith(".safetensors") else _read_jit_weights(path)
@@ -1518,6 +1613,7 @@ class SileroVAD(nn.Module):
                 raise ValueError(f"{path}: tensor '{key}' has shape {tuple(tensors[key].shape)}, "
                                  f"expected {tuple(ref.shape)}")
         model.load_state_dict({k: tensors[k].float() for k in expected})
+        model.source = source  # what outputs record: "silero-vad 6.2.3 silero_vad.jit", or the file given
         return model.eval().requires_grad_(False)
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:

@@ -57,7 +57,11 @@ import generate
 
 # System prompts (paper; SPEC 10). MMAU uses the authors' released evaluation prompt.
 SYSTEM_DEFAULT = "Focus on the audio clips and instructions."
-SYSTEM_MCQ = SYSTEM_DEFAULT + " Choose one of the options without any explanation."
+# Multiple choice (Dynamic-SUPERB, SAKURA) as the authors' docs/evaluation_tips.md gives it: "instruction"
+# (singular; the paper writes "instructions.") and the user turn `<|AUDIO|> {instruction}`, a space after
+# the audio. Paper and code disagree; we follow the code.
+SYSTEM_MCQ = "Focus on the audio clips and instruction. Choose one of the options without any explanation."
+MCQ_AUDIO_SEP = " "
 SYSTEM_MMAU = ('Focus on the audio clips and instructions. '
                'Put your answer in the format "The correct answer is: "___" ".')
 SYSTEM_VOICE = "You are a voice assistant. Act as if you are a natural language partner"
@@ -81,9 +85,10 @@ class Prompt:
     audios: list
     audio_sep: str = AUDIO_SEP
     texts: list = None           # a text stand-in per audio (seed description, Speech-IFEval's textual_audio)
-    max_new_tokens: int = None   # cap for this prompt; None: the run's default
+    max_new_tokens: int = None   # this prompt's budget (the benchmark's protocol); None: the run's default
     options: list = None         # multiple choice by likelihood: the answer is the likeliest option (section 9) ...
     reply_prefix: str = ""       # ... as the assistant's reply `reply_prefix + option`
+    text_chat: list = None       # the exact chat the text system reads (a benchmark's own text reference)
 
 
 @dataclass
@@ -448,7 +453,7 @@ def dynamic_superb_user_text(row):
 
 def dynamic_superb_prompt(row):
     audios = [row["audio"]] + ([row["audio2"]] if row.get("audio2") else [])
-    return Prompt(row["id"], SYSTEM_MCQ, dynamic_superb_user_text(row), audios)
+    return Prompt(row["id"], SYSTEM_MCQ, dynamic_superb_user_text(row), audios, MCQ_AUDIO_SEP)
 
 
 _LIST_CUES = (
@@ -611,7 +616,7 @@ def load_sakura(root, tracks=SAKURA_TRACKS):
 
 
 def sakura_prompt(row):
-    return Prompt(row["id"], SYSTEM_MCQ, row["instruction"], [row["audio"]])
+    return Prompt(row["id"], SYSTEM_MCQ, row["instruction"], [row["audio"]], MCQ_AUDIO_SEP)
 
 
 def parse_sakura_options(instruction):
@@ -733,18 +738,34 @@ _ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc"
                   "a.m", "p.m", "inc", "ltd", "co", "corp", "no", "fig", "approx", "dept", "est", "vol"}
 
 
+# After an ellipsis, punkt's orthographic heuristic starts a new sentence at a lower-case word that its
+# English model has seen capitalised (or never seen lower-case at a sentence start): the closed-class
+# words and sentence adverbs that open sentences ("...again", "...and"), not content words ("a...
+# meeting"). This list stands in for that table (nltk's punkt data is a download).
+_PUNKT_LOWER_STARTERS = set("""
+a an the and but or nor so yet then again also still now well oh ah just maybe perhaps anyway however
+instead meanwhile finally suddenly even only though although because while after before if when where
+what who whom whose which why how there here this that these those it its i you he she we they me him
+her us them my your his our their mine yours some any all no not yes one each every both either neither
+in on at for with to of as by from into about over under like unlike do does did is are was were be
+""".split())
+
+
 def count_sentences(text):
     """Number of sentences. IFEval uses nltk's punkt model; with nltk and its punkt data installed we
-    use it, else this approximation: a sentence ends at '.', '!' or '?' (closing quotes/brackets may
-    follow) before whitespace or the end, unless the word ending in '.' is an abbreviation, an initial
-    or a list marker ('1.' opening a line), or an ellipsis is followed by a lower-case word."""
+    use it, else this approximation of punkt on English: a sentence ends at '.', '!' or '?' (closing
+    quotes/brackets may follow) before whitespace or the end, unless the word ending in '.' is an
+    abbreviation, an initial or a list marker ('1.' opening a line), or an ellipsis '...' is followed by
+    a lower-case word other than a sentence opener (_PUNKT_LOWER_STARTERS: "invited... again." is two
+    sentences, "at a... meeting, and" one, as the authors' scorer counts on Speech-IFEval). '…' is no
+    sentence end for punkt (only . ! ? are)."""
     try:
         import nltk  # optional: the reference tokenizer
         return len(nltk.tokenize.sent_tokenize(text))
     except (ImportError, LookupError):
         pass
     n, start = 0, 0
-    for m in re.finditer(r"(?:[.!?]+|…)[\"'”’)\]]*(?=\s|$)", text):
+    for m in re.finditer(r"[.!?]+[\"'”’)\]]*(?=\s|$)", text):
         mark = m.group().rstrip("\"'”’)]")
         if mark == ".":
             before = text[start:m.start()]
@@ -753,9 +774,9 @@ def count_sentences(text):
             line_start = not before[:len(before) - len(word)].split("\n")[-1].strip()
             if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()) or (word.isdigit() and line_start):
                 continue
-        elif mark.startswith("..") or mark == "…":
-            following = text[m.end():].lstrip()
-            if following[:1].islower():
+        elif mark.startswith(".."):
+            following = re.match(r"\s*([\w']+)", text[m.end():])
+            if following and following.group(1)[0].islower() and following.group(1).lower() not in _PUNKT_LOWER_STARTERS:
                 continue
         if text[start:m.end()].strip(" \n\t.!?…\"'”’)]"):
             n += 1
@@ -1084,10 +1105,22 @@ def load_speech_ifeval(path, audio_root=None):
     return rows
 
 
+# The benchmark's own scripts (kehanlu/Speech-IFEval examples/eval_desta2.py for a speech model,
+# eval_llama3_8B_instruct.py for the text reference): system "Follow the given instructions.", greedy,
+# 2048 new tokens; the text reference reads `Speech Input: {textual_audio}\n\n{instruction}`. The paper
+# names only the default system prompt; we follow the code.
+SPEECH_IFEVAL_SYSTEM = "Follow the given instructions."
+SPEECH_IFEVAL_MAX_NEW_TOKENS = 2048
+
+
 def speech_ifeval_prompt(row):
     # textual_audio is what the reference IFrate's text-only LLM reads in place of the audio
     texts = [row["textual_audio"]] if row.get("textual_audio") else None
-    return Prompt(row["id"], SYSTEM_DEFAULT, row["instruction"], [row["audio"]], texts=texts)
+    text_chat = None if texts is None else [
+        {"role": "system", "content": SPEECH_IFEVAL_SYSTEM},
+        {"role": "user", "content": f"Speech Input: {row['textual_audio']}\n\n{row['instruction']}"}]
+    return Prompt(row["id"], SPEECH_IFEVAL_SYSTEM, row["instruction"], [row["audio"]], texts=texts,
+                  max_new_tokens=SPEECH_IFEVAL_MAX_NEW_TOKENS, text_chat=text_chat)
 
 
 def cot_judge(judge, row, response):
@@ -1099,24 +1132,46 @@ def cot_judge(judge, row, response):
     return None if m is None else m.group(0).lower() == "yes"
 
 
-def score_speech_ifeval(rows, responses, judge=None, reference_ifrate=SPEECH_IFEVAL_REFERENCE_IFRATE):
+def read_judge_verdicts(path):
+    """Released LLM-judge verdicts (the benchmark's `reports/llm_eval@chain-of-thought.jsonl`: rows with
+    instruction, response, eval_response) -> {(instruction, response): followed}. The verdict is read
+    from eval_response as the authors' script does ('Result: YES|NO'); a row without one is an error."""
+    verdicts = {}
+    for n, row in enumerate(read_jsonl(path)):
+        require(row, ["instruction", "response", "eval_response"], f"{path} row {n}")
+        m = re.search(r"(?i)(?<=result:\s)(yes|no)", row["eval_response"])
+        if m is None:
+            raise ValueError(f"{path} row {n}: eval_response has no 'Result: YES|NO'")
+        verdicts[(row["instruction"], row["response"])] = m.group(0).lower() == "yes"
+    return verdicts
+
+
+def score_speech_ifeval(rows, responses, judge=None, reference_ifrate=SPEECH_IFEVAL_REFERENCE_IFRATE,
+                        verdicts=None):
     """Closed-ended and creative-writing rates = share of rows whose instructions are all followed
-    (strict); chain-of-thought rate from the judge, else missing. IFrate = mean of the three parts;
-    delta (forgetting rate) = (IFrate - reference) / reference * 100."""
+    (strict); chain-of-thought rate from `verdicts` (read_judge_verdicts: released judgements of these
+    very responses, so the rate needs no live judge), else the judge, else missing. IFrate = mean of
+    the three parts; delta (forgetting rate) = (IFrate - reference) / reference * 100."""
     records, parts, per_inst = [], defaultdict(list), defaultdict(lambda: [0, 0])
-    approximate, unparsed = Counter(), 0
+    approximate, unparsed, from_verdicts, unjudged = Counter(), 0, 0, 0
     nltk_missing = _nltk_missing()
     for row in rows:
         response = responses.get(row["id"]) or ""
         where = f"Speech-IFEval row {row['id']}"
         if row["part"] == "chain_of_thought":
-            if judge is None:  # kept in the predictions, unscored: the part is reported missing
+            key = (row["instruction"], response)
+            if verdicts is not None and key in verdicts:  # a released verdict of this exact response
+                from_verdicts += 1
+                followed = [verdicts[key]]
+            elif judge is None:  # kept in the predictions, unscored: the part is reported missing
                 records.append({"id": row["id"], "prompt": row["instruction"], "response": response,
                                 "extracted": None, "correct": None, "part": row["part"]})
+                unjudged += 1
                 continue
-            verdict = cot_judge(judge, row, response)
-            unparsed += verdict is None  # the authors' script would stop here; we count it as not followed
-            followed = [bool(verdict)]
+            else:
+                verdict = cot_judge(judge, row, response)
+                unparsed += verdict is None  # the authors' script would stop here; we count it as not followed
+                followed = [bool(verdict)]
         else:
             followed = []
             for iid, kw in zip(row["instruction_id_list"], row["kwargs"]):
@@ -1130,6 +1185,8 @@ def score_speech_ifeval(rows, responses, judge=None, reference_ifrate=SPEECH_IFE
                         "extracted": followed, "correct": all(followed), "part": row["part"],
                         "instruction_id_list": row.get("instruction_id_list")})
     rates = {p: pct(sum(v), len(v)) for p, v in parts.items()}
+    if unjudged:  # a part judged only in part is no rate: report it missing
+        rates.pop("chain_of_thought", None)
     for p in SPEECH_IFEVAL_PARTS.values():
         rates.setdefault(p, None)
     complete = all(rates[p] is not None for p in SPEECH_IFEVAL_PARTS.values())
@@ -1142,6 +1199,7 @@ def score_speech_ifeval(rows, responses, judge=None, reference_ifrate=SPEECH_IFE
         "missing": [p for p in SPEECH_IFEVAL_PARTS.values() if rates[p] is None],
         "approximate_checks": {k: v for k, v in approximate.items() if v},
         "unparsed_judgements": unparsed,
+        "cot_from_released_verdicts": from_verdicts,
         "no_prediction": sum(r["id"] not in responses for r in rows),
     }
     return Scored(records, scores)
@@ -1928,20 +1986,23 @@ class Backbones:
     asr: desta.Whisper = None       # VAD + ASR give the transcripts (desta, cascade)
     vad: desta.SileroVAD = None
     transcripts: dict = None        # audio path -> transcript, shared by every system in a run
+    language: str = None            # forced ASR language; None: detected per clip (the authors' code)
 
     @property
     def device(self):
         return self.llm.embed_tokens.weight.device
 
 
-def load_backbones(checkpoint=None, llm=None, asr=None, need_asr=True, dtype=torch.float32, device="cpu"):
+def load_backbones(checkpoint=None, llm=None, asr=None, need_asr=True, dtype=torch.float32, device="cpu",
+                   encoder_dtype=torch.float32):
     """DeSTA from an adapter folder (its backbones from its config, or `llm` / `asr` folders), or a bare
     LLM; plus Whisper ASR and Silero VAD when transcripts are needed. With DeSTA, an ASR model on the same
-    Whisper folder shares the encoder."""
+    Whisper folder shares the encoder. dtype is the LLM's; Whisper runs in encoder_dtype (the authors:
+    fp32 Whisper and adapter, bf16 LLM)."""
     model = None
     if checkpoint is not None:
         model = desta.DeSTA.from_pretrained(desta.resolve_weights(checkpoint), llm_dir=llm, dtype=dtype,
-                                            device=device).eval()
+                                            device=device, encoder_dtype=encoder_dtype).eval()
         lm, tok = model.llm, model.tokenizer
     elif llm is not None:
         llm_dir = desta.resolve_weights(llm)
@@ -1954,7 +2015,7 @@ def load_backbones(checkpoint=None, llm=None, asr=None, need_asr=True, dtype=tor
         if asr is None:
             raise ValueError("transcripts need a Whisper ASR folder (--asr)")
         asr_dir = desta.resolve_weights(asr)
-        bb.asr = desta.Whisper.from_pretrained(asr_dir, dtype, device)
+        bb.asr = desta.Whisper.from_pretrained(asr_dir, encoder_dtype, device)
         if model is not None and asr_dir == desta.resolve_weights(model.cfg.encoder_model_id):
             model.whisper = bb.asr.encoder  # one copy of the encoder serves both
         bb.vad = desta.SileroVAD.from_pretrained()
@@ -1992,7 +2053,8 @@ def ensure_transcripts(bb, paths, waves, mels):
     mel = mels[bb.asr.encoder.cfg.n_mels]
     for j in range(0, len(todo), ENCODE_BATCH):
         idx = todo[j:j + ENCODE_BATCH]
-        texts = generate.transcribe_if_speech([waves[i] for i in idx], mel[idx], bb.vad, bb.asr)
+        texts = generate.transcribe_if_speech([waves[i] for i in idx], mel[idx], bb.vad, bb.asr,
+                                              language=bb.language)
         for i, t in zip(idx, texts):
             bb.transcripts[paths[i]] = t
 
@@ -2034,7 +2096,8 @@ def prompt_inputs(bb, system, prompts):
         index = {a: i for i, a in enumerate(paths)}
         inputs = desta_prompt_embeddings(bb.model, prompts, bb.transcripts, mels[bb.model.whisper.cfg.n_mels], index)
     else:
-        inputs = [tok.apply_chat_template(text_messages(p, t)) for p, t in zip(prompts, audio_texts)]
+        inputs = [tok.apply_chat_template(p.text_chat if system == "text" and p.text_chat else text_messages(p, t))
+                  for p, t in zip(prompts, audio_texts)]
     return inputs, audio_texts
 
 
@@ -2130,12 +2193,15 @@ def run_prompts(bb, system, prompts, path, max_new_tokens=512, batch_size=16, ch
     writer = data.JsonlAppender(path)
     done = {r["id"]: r for r in writer.rows()}
     todo = [p for p in prompts if p.id not in done]
-    stats = {"system": system, "prompts": len(prompts), "resumed": len(prompts) - len(todo), "generated": 0}
+    stats = {"system": system, "prompts": len(prompts), "resumed": len(prompts) - len(todo), "generated": 0,
+             "vad": getattr(bb and bb.vad, "source", None)}  # the VAD weights the transcripts depend on
     t0 = last = time.time()
 
     def on_finish(p, response, audio_texts, option_logprobs=None):
         nonlocal last
         rec = {"id": p.id, "prompt": p.user, "response": response, "audio_texts": audio_texts, "system": system}
+        if stats["vad"] and system != "text":
+            rec["vad"] = stats["vad"]
         if option_logprobs is not None:
             rec["option_logprobs"] = option_logprobs
         writer.append(rec)
@@ -2147,14 +2213,14 @@ def run_prompts(bb, system, prompts, path, max_new_tokens=512, batch_size=16, ch
                   f"{stats['generated'] / (last - t0):.2f}/s", file=sys.stderr, flush=True)
 
     try:
-        # prompts with their own cap (e.g. multiple choice) go in their own engine calls
+        # prompts with their own budget (multiple choice, Speech-IFEval's 2048) go in their own engine calls
         groups = defaultdict(list)
         by_likelihood = [p for p in todo if p.options]
         for j in range(0, len(by_likelihood), chunk):
             choose_options(bb, system, by_likelihood[j:j + chunk], on_finish)
         for p in todo:
             if not p.options:
-                groups[min(p.max_new_tokens or max_new_tokens, max_new_tokens)].append(p)
+                groups[p.max_new_tokens or max_new_tokens].append(p)
         for cap, group in groups.items():
             for j in range(0, len(group), chunk):
                 answer_prompts(bb, system, group[j:j + chunk], cap, batch_size, on_finish)
@@ -2173,7 +2239,7 @@ def unanswered(path, prompts):
 def finalize_predictions(path, records, done):
     """Rewrite the predictions file in row order with the scored records (extracted, correct), keeping each
     answer's audio_texts and system, and any earlier answers outside this run (e.g. a larger --limit)."""
-    extra = {"audio_texts", "system", "option_logprobs"}
+    extra = {"audio_texts", "system", "option_logprobs", "vad"}
     out = [{**r, **{k: done[r["id"]][k] for k in extra if k in done.get(r["id"], {})}} for r in records]
     seen = {r["id"] for r in records}
     write_predictions(path, out + [r for i, r in done.items() if i not in seen])
@@ -2356,11 +2422,12 @@ def load_rows(benchmark, data, subset=None):
     return BENCHMARKS[benchmark].load(data)
 
 
-def score_benchmark(benchmark, rows, responses, judge=None, reference_ifrate=SPEECH_IFEVAL_REFERENCE_IFRATE):
+def score_benchmark(benchmark, rows, responses, judge=None, reference_ifrate=SPEECH_IFEVAL_REFERENCE_IFRATE,
+                    verdicts=None):
     if benchmark == "sakura":
         return score_sakura(rows, responses, judge)
     if benchmark == "speech_ifeval":
-        return score_speech_ifeval(rows, responses, judge, reference_ifrate)
+        return score_speech_ifeval(rows, responses, judge, reference_ifrate, verdicts)
     scored = BENCHMARKS[benchmark].score(rows, responses)
     if benchmark == "voicebench":
         scored.scores["subset_score"] = voicebench_subset_score(scored.scores["subset"], scored.scores)
@@ -2379,7 +2446,10 @@ def load_system(args):
     with Whisper ASR for the cascade (--asr, else the checkpoint's encoder)."""
     dtype = generate.DTYPES[args.dtype]
     if args.system == "desta":
-        return load_backbones(args.checkpoint, args.llm, args.asr, dtype=dtype, device=args.device)
+        bb = load_backbones(args.checkpoint, args.llm, args.asr, dtype=dtype, device=args.device,
+                            encoder_dtype=generate.DTYPES[args.encoder_dtype])
+        bb.language = args.language
+        return bb
     cfg = args.checkpoint and desta.DeSTAConfig.from_json(desta.resolve_weights(args.checkpoint) / "config.json")
     llm = args.llm or (cfg.llm_model_id if cfg else None)
     asr = args.asr or (cfg.encoder_model_id if cfg else None)
@@ -2387,7 +2457,10 @@ def load_system(args):
         raise ValueError(f"--system {args.system} needs --llm (or a --checkpoint whose config names the LLM)")
     if args.system == "cascade" and asr is None:
         raise ValueError("--system cascade needs --asr (or a --checkpoint whose config names the encoder)")
-    return load_backbones(None, llm, asr, need_asr=args.system == "cascade", dtype=dtype, device=args.device)
+    bb = load_backbones(None, llm, asr, need_asr=args.system == "cascade", dtype=dtype, device=args.device,
+                        encoder_dtype=generate.DTYPES[args.encoder_dtype])
+    bb.language = args.language
+    return bb
 
 
 def main_tiny(args):
@@ -2406,7 +2479,9 @@ def main_tiny(args):
     bb = None  # nothing to answer (a finished run re-scored): no model is loaded
     if pending:
         bb = load_backbones(args.checkpoint, args.llm, args.asr, need_asr=pending != ["text"],
-                            dtype=generate.DTYPES[args.dtype], device=args.device)
+                            dtype=generate.DTYPES[args.dtype], device=args.device,
+                            encoder_dtype=generate.DTYPES[args.encoder_dtype])
+        bb.language = args.language
     scores, stats = {}, {}
     for system in systems:
         path = out / f"{name}.{system}.predictions.jsonl"
@@ -2476,13 +2551,20 @@ def main(argv=None):
     p.add_argument("--model-name", help="row label in the markdown table")
     p.add_argument("--judge", action="store_true", help=f"use the LLM judge configured by {JUDGE_ENV_BASE_URL}")
     p.add_argument("--reference-ifrate", type=float, default=SPEECH_IFEVAL_REFERENCE_IFRATE)
-    p.add_argument("--max-new-tokens", type=generate.at_least_one, default=512)
+    p.add_argument("--judge-verdicts", help="Speech-IFEval: released judge verdicts of these responses "
+                   "(reports/llm_eval@chain-of-thought.jsonl) score the chain-of-thought part offline")
+    p.add_argument("--max-new-tokens", type=generate.at_least_one, default=512,
+                   help="for prompts without a budget of their own (Speech-IFEval: 2048, its protocol)")
     p.add_argument("--batch-size", type=generate.at_least_one, default=16, help="generation slots")
     p.add_argument("--chunk", type=generate.at_least_one, default=RUN_CHUNK, help="prompts per engine call")
     p.add_argument("--batch-tokens", type=generate.at_least_one, default=PPL_BATCH_TOKENS,
                    help="ppl: padded tokens per forward")
     p.add_argument("--dtype", choices=["auto", *sorted(generate.DTYPES)], default="auto",
-                   help="auto: bf16 on a GPU or a CPU whose bf16 matmul beats fp32 (AMX), else fp32")
+                   help="the LLM's precision; auto: bf16 on a GPU or a CPU whose bf16 matmul beats fp32 (AMX), "
+                   "else fp32")
+    p.add_argument("--encoder-dtype", choices=sorted(generate.DTYPES), default="fp32",
+                   help="Whisper's precision (encoder and ASR); the authors run it in fp32, the LLM in bf16")
+    p.add_argument("--language", help="force the ASR language (e.g. fr); default: Whisper detects it per clip")
     p.add_argument("--device", default=generate.device_for(0))
     p.add_argument("--split", default=TINY_SPLIT, help="tiny: the manifest split to ask about")
     p.add_argument("--audio-root", help="tiny: folder the manifest ids are relative to (default: its folder)")
@@ -2538,9 +2620,11 @@ def main(argv=None):
         if unknown:
             print(f"warning: {len(unknown)} prediction ids not in the data, e.g. {sorted(unknown)[:3]}",
                   file=sys.stderr)
-    scored = score_benchmark(args.benchmark, rows, responses, judge, args.reference_ifrate)
+    verdicts = read_judge_verdicts(args.judge_verdicts) if args.judge_verdicts else None
+    scored = score_benchmark(args.benchmark, rows, responses, judge, args.reference_ifrate, verdicts)
 
     if run:
+        scored.scores["run"] = stats  # with the VAD version the transcripts came from
         finalize_predictions(out / f"{name}.predictions.jsonl", scored.records, done)
     else:
         write_predictions(out / f"{name}.predictions.jsonl", scored.records)

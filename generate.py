@@ -461,17 +461,28 @@ def merge_parts(out, seed_rows: list[dict], pools: dict[str, list[str]], k: int,
 
 
 @torch.no_grad()
-def transcribe_if_speech(waves: list, mel: torch.Tensor, vad: desta.SileroVAD, asr: desta.Whisper) -> list[str]:
-    """The paper's inference: Whisper transcribes clips where the VAD hears speech; others get " ".
-
-    The VAD listens to the first 30 s only, the window Whisper transcribes (mel): speech after it would
-    otherwise send Whisper 30 s of silence to transcribe."""
-    speech = [vad.has_speech(w[:data.N_SAMPLES]) for w in waves]
-    texts = [" "] * len(waves)
-    idx = [i for i, s in enumerate(speech) if s]
-    if idx:
-        for i, t in zip(idx, asr.transcribe(mel[idx], max_new_tokens=128)):
-            texts[i] = t or " "
+def transcribe_if_speech(waves: list, mel: torch.Tensor, vad: desta.SileroVAD | None, asr: desta.Whisper | None,
+                         given: list | None = None, vad_with_given: bool = True, language: str | None = None,
+                         max_new_tokens: int = 128) -> list[str]:
+    """The authors' inference (modeling_desta25.generate): the VAD runs on every clip, and a clip
+    without speech gets " " even when a transcription is given; a clip with speech keeps its given
+    text (given[i] not None) or gets Whisper's (<= 128 tokens, language detected unless forced),
+    which stays "" when Whisper decodes nothing (no token, as the authors' code). The VAD listens to
+    the first 30 s only, the window Whisper transcribes (mel): speech after it would otherwise send
+    Whisper 30 s of silence to transcribe.
+    vad_with_given=False: a given text is used as it is, without asking the VAD."""
+    given = list(given) if given is not None else [None] * len(waves)
+    texts, todo = list(given), []
+    for i, (w, g) in enumerate(zip(waves, given)):
+        if g is not None and not vad_with_given:
+            continue
+        if not vad.has_speech(w[:data.N_SAMPLES]):
+            texts[i] = " "
+        elif g is None:
+            todo.append(i)
+    if todo:
+        for i, t in zip(todo, asr.transcribe(mel[todo], max_new_tokens=max_new_tokens, language=language)):
+            texts[i] = t
     return texts
 
 
@@ -494,9 +505,11 @@ def desta_inputs(model: desta.DeSTA, conversations: list[list[dict]], transcript
 @torch.no_grad()
 def answer(model: desta.DeSTA, mel: torch.Tensor | desta.EncodedAudio, prompts: list[str], transcriptions: list[str],
            sampling: Sampling = Sampling(max_new_tokens=512), system: str = desta.DEFAULT_SYSTEM,
-           batch_size: int = 16) -> list[str]:
+           batch_size: int = 16, return_ids: bool = False):
     """DeSTA answers: one prompt per clip; mel (B, n_mels, 3000) or its cached encoder features. Audio
-    vectors go in as embeddings."""
+    vectors go in as embeddings.
+    The text is batch_decode's (special tokens dropped, the tokenizer's clean-up), not stripped, as
+    the authors' code returns it; return_ids: also the answer token ids (stop token excluded)."""
     locator = f"{desta.START_AUDIO}{model.cfg.audio_locator}{desta.END_AUDIO}"
     convs = [[{"role": "system", "content": system}, {"role": "user", "content": f"{locator}\n{p}"}] for p in prompts]
     audio = model.encode_audio(mel.to(model.llm.embed_tokens.weight.device))
@@ -504,7 +517,8 @@ def answer(model: desta.DeSTA, mel: torch.Tensor | desta.EncodedAudio, prompts: 
     tok = model.tokenizer
     out = generate(model.llm, rows, sampling.max_new_tokens, sampling.temperature, sampling.top_p, tok.stop_ids,
                    sampling.seed, batch_size)
-    return [tok.decode(t, skip_special=True).strip() for t in out]
+    texts = [tok.decode(t, skip_special=True) for t in out]
+    return (texts, out) if return_ids else texts
 
 
 # -----------------------------------------------------------------------------------------------
@@ -667,13 +681,32 @@ def main_selfgen(argv):
         torch.distributed.destroy_process_group()
 
 
+def load_for_inference(checkpoint, dtype=torch.float32, encoder_dtype=torch.float32, device="cpu",
+                       need_asr=True):
+    """DeSTA, its Whisper ASR (sharing the encoder) and the VAD, each module in the authors' precision:
+    Whisper (encoder and ASR decoder) and the adapter in encoder_dtype (fp32), the LLM in dtype.
+    -> (model, asr or None, vad)."""
+    model = desta.DeSTA.from_pretrained(desta.resolve_weights(checkpoint), dtype=dtype, device=device,
+                                        encoder_dtype=encoder_dtype).eval()
+    asr = None
+    if need_asr:
+        asr = desta.Whisper.from_pretrained(desta.resolve_weights(model.cfg.encoder_model_id), encoder_dtype, device)
+        model.whisper = asr.encoder  # one copy of the encoder serves both
+    return model, asr, desta.SileroVAD.from_pretrained()
+
+
 def main_infer(argv):
     ap = argparse.ArgumentParser(prog="generate.py", description="DeSTA2.5-Audio inference on audio files")
     ap.add_argument("--audio", nargs="*", default=[], help="audio file(s); several batch together")
     ap.add_argument("--prompt", required=True, help="the instruction (one for all files)")
     ap.add_argument("--checkpoint", default="DeSTA-ntu/DeSTA2.5-Audio-Llama-3.1-8B",
                     help="adapter folder (official layout) or repo id under weights/")
-    ap.add_argument("--transcription", default=None, help="use this text instead of VAD + Whisper ASR")
+    ap.add_argument("--transcription", default=None,
+                    help="use this text instead of Whisper ASR (a clip the VAD finds no speech in still gets ' ')")
+    ap.add_argument("--no-vad-with-transcription", action="store_true",
+                    help="use --transcription as it is, without the VAD")
+    ap.add_argument("--language", default=None,
+                    help="force Whisper's language (e.g. fr); default: detected per clip, as the authors' code")
     ap.add_argument("--llm", default=None, help="text-only mode: talk to this bare LLM (no --audio)")
     ap.add_argument("--system", default=desta.DEFAULT_SYSTEM)
     ap.add_argument("--max-new-tokens", type=at_least_one, default=512)
@@ -681,7 +714,12 @@ def main_infer(argv):
     ap.add_argument("--top-p", type=probability, default=1.0)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--dtype", choices=["auto", *sorted(DTYPES)], default="auto",
-                    help="auto: bf16 on a GPU or a CPU whose bf16 matmul beats fp32 (AMX), else fp32")
+                    help="the LLM's precision; auto: bf16 on a GPU or a CPU whose bf16 matmul beats fp32 (AMX), "
+                    "else fp32")
+    ap.add_argument("--encoder-dtype", choices=sorted(DTYPES), default="fp32",
+                    help="Whisper's (encoder and ASR) precision; the authors run it in fp32")
+    ap.add_argument("--out", default=None, help="also write one json line per file: audio, transcription, "
+                    "response, response_ids, vad")
     a = ap.parse_args(argv)
     if a.llm and a.audio:
         ap.error("--llm is the text-only mode and takes no --audio (the LLM would never hear it); drop --llm "
@@ -697,19 +735,23 @@ def main_infer(argv):
         out = generate(llm, [ids], sampling.max_new_tokens, sampling.temperature, sampling.top_p, tok.stop_ids, a.seed)
         print(tok.decode(out[0], skip_special=True).strip())
         return
-    model = desta.DeSTA.from_pretrained(desta.resolve_weights(a.checkpoint), dtype=dtype, device=device).eval()
+    given = a.transcription is not None
+    model, asr, vad = load_for_inference(a.checkpoint, dtype, DTYPES[a.encoder_dtype], device, need_asr=not given)
     waves = [data.load_audio(p) for p in a.audio]
     mel = data.log_mel_spectrogram(torch.stack([torch.as_tensor(data.pad_or_trim(w)) for w in waves]),
                                    model.whisper.cfg.n_mels).to(device)
-    if a.transcription is not None:
-        texts = [a.transcription] * len(waves)
-    else:
-        asr = desta.Whisper.from_pretrained(desta.resolve_weights(model.cfg.encoder_model_id), dtype, device)
-        model.whisper = asr.encoder  # one copy of the encoder serves both
-        texts = transcribe_if_speech(waves, mel, desta.SileroVAD.from_pretrained(), asr)
-    replies = answer(model, mel, [a.prompt] * len(waves), texts, sampling, a.system)
-    for path, text, reply in zip(a.audio, texts, replies):
+    texts = transcribe_if_speech(waves, mel, vad, asr, [a.transcription] * len(waves) if given else None,
+                                 vad_with_given=not a.no_vad_with_transcription, language=a.language)
+    replies, ids = answer(model, mel, [a.prompt] * len(waves), texts, sampling, a.system, return_ids=True)
+    vad_source = None if given and a.no_vad_with_transcription else vad.source
+    print(f"[vad] {vad_source}", file=sys.stderr)
+    rows = []
+    for path, text, reply, tokens in zip(a.audio, texts, replies, ids):
         print(f"== {path}\n[transcription] {text.strip() or '(no speech)'}\n{reply}\n")
+        rows.append({"audio": path, "transcription": text, "response": reply, "response_ids": tokens,
+                     "vad": vad_source})
+    if a.out:
+        data.write_jsonl(a.out, rows)
 
 
 if __name__ == "__main__":

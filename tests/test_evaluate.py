@@ -173,7 +173,11 @@ def test_sentence_counting():
     assert E.count_sentences("Dr. Who met Mr. Smith. They talked.") == 2
     assert E.count_sentences("It was 1862. Then it ended.") == 2
     assert E.count_sentences("Two steps.\n1. Mix it.\n2. Bake it.") == 3  # '1.' opening a line is a list marker
-    assert E.count_sentences("I waited... and waited. Done!") == 2
+    # punkt breaks after an ellipsis before a sentence opener, not before a content word; '…' never breaks
+    assert E.count_sentences("I waited... and waited. Done!") == 3
+    assert E.count_sentences("I'm not invited... again.") == 2
+    assert E.count_sentences("You're at a... meeting, and I talk.") == 1
+    assert E.count_sentences("Wait… what.") == 1
 
 
 def test_checker_bad_kwargs_are_named():
@@ -220,6 +224,74 @@ def test_speech_ifeval_loader_and_rates_without_judge(tmp_path):
     s = E.score_speech_ifeval(rows, responses).scores
     assert s["closed_ended"] == 50.0 and s["creative_writing"] == 100.0
     assert s["chain_of_thought"] is None and s["ifrate"] is None and s["missing"] == ["chain_of_thought"]
+
+
+def test_speech_ifeval_prompts_follow_the_benchmark_scripts(tmp_path):
+    """System 'Follow the given instructions.', 2048 new tokens, and for the text reference the user turn
+    `Speech Input: {textual_audio}\n\n{instruction}` (Speech-IFEval's eval_llama3_8B_instruct.py)."""
+    data, _ = speech_ifeval_fixture(tmp_path)
+    row = E.load_speech_ifeval(data)[0]
+    p = E.speech_ifeval_prompt(row)
+    assert p.system == "Follow the given instructions." and p.max_new_tokens == 2048
+    assert p.text_chat == [{"role": "system", "content": "Follow the given instructions."},
+                           {"role": "user", "content": "Speech Input: [00:00-00:01] hi\n\n" + row["instruction"]}]
+
+
+def test_mcq_prompts_follow_the_authors_evaluation_tips(tmp_path):
+    """docs/evaluation_tips.md: system 'Focus on the audio clips and instruction. Choose one of the options
+    without any explanation.', user `<|AUDIO|> {instruction}`."""
+    assert E.SYSTEM_MCQ == "Focus on the audio clips and instruction. Choose one of the options without any explanation."
+    row = {"id": "x", "audio": "a.wav", "instruction": "What is it? (a) dog (b) cat"}
+    for p in (E.sakura_prompt(row), E.dynamic_superb_prompt(row)):
+        assert p.system == E.SYSTEM_MCQ
+        assert E.desta_messages(p, "<|AUDIO|>")[1]["content"] == "<|AUDIO|> What is it? (a) dog (b) cat"
+
+
+SPEECH_IFEVAL = FIXTURES / "speech-ifeval"
+SPEECH_IFEVAL_PUBLISHED = {  # the benchmark's table (closed-ended, creative writing), %
+    "DeSTA-ntu--DeSTA2-8B-beta": (83.71, 91.75),
+    "meta-llama--Meta-Llama-3-8B-Instruct": (93.35, 93.75),
+}
+
+
+@pytest.mark.parametrize("model", sorted(SPEECH_IFEVAL_PUBLISHED))
+def test_speech_ifeval_released_outputs_reproduce_published_rates(model):
+    """The authors' released responses, scored here: the published rates, row by row the authors' own
+    rule-based results (reports/rule_eval@*), with no nltk and no network."""
+    folder = SPEECH_IFEVAL / model
+    if not folder.is_dir():
+        pytest.skip(f"fixture {folder} absent (the ../shared/fixtures folder is not in a user's clone)")
+    rows = E.load_speech_ifeval(folder)
+    s = E.score_speech_ifeval(rows, E.responses_in_rows(rows))
+    records = {r["id"]: r for r in s.records}
+    for part, published in zip(("closed_ended", "creative_writing"), SPEECH_IFEVAL_PUBLISHED[model]):
+        assert round(s.scores[part], 2) == published
+    for stem in ("closed_ended_questions", "creative_writing"):
+        reference = E.read_jsonl(folder / "reports" / f"rule_eval@{stem}.jsonl.jsonl")
+        ours = [records[str(r["id"])] for r in rows if r["part"] == E.SPEECH_IFEVAL_PARTS[stem]]
+        assert len(ours) == len(reference)
+        assert [r["correct"] for r in ours] == [r["follow_all_instructions"] for r in reference]
+
+
+def test_speech_ifeval_chain_of_thought_from_released_verdicts(tmp_path):
+    """DeSTA2's chain-of-thought rate (published 91.50) from the released judge verdicts: IFrate offline."""
+    folder = SPEECH_IFEVAL / "DeSTA-ntu--DeSTA2-8B-beta"
+    if not folder.is_dir():
+        pytest.skip(f"fixture {folder} absent (the ../shared/fixtures folder is not in a user's clone)")
+    verdicts_file = folder / "reports" / "llm_eval@chain-of-thought.jsonl"
+    rows = E.load_speech_ifeval(folder)
+    responses = E.responses_in_rows(rows)
+    s = E.score_speech_ifeval(rows, responses, verdicts=E.read_judge_verdicts(verdicts_file)).scores
+    assert s["chain_of_thought"] == 91.5 and s["cot_from_released_verdicts"] == 200
+    assert s["ifrate"] == pytest.approx((s["closed_ended"] + 91.75 + 91.5) / 3) and s["missing"] == []
+    # a response the verdicts do not cover leaves the part unscored (no judge), never guessed
+    cot = next(r["id"] for r in rows if r["part"] == "chain_of_thought")
+    s = E.score_speech_ifeval(rows, {**responses, cot: "something else"}, verdicts=E.read_judge_verdicts(verdicts_file))
+    assert s.scores["chain_of_thought"] is None and "chain_of_thought" in s.scores["missing"]
+    # the command line: score the released outputs with the verdicts
+    scored = E.main(["--benchmark", "speech_ifeval", "--data", str(folder), "--judge-verdicts", str(verdicts_file),
+                     "--out", str(tmp_path)])
+    assert scored.scores["chain_of_thought"] == 91.5 and scored.scores["ifrate"] is not None
 
 
 def test_speech_ifeval_loader_errors(tmp_path):
@@ -688,8 +760,9 @@ def test_tiny_end_to_end_references_and_resume(tmp_path, tiny_desta):
             assert 0.0 <= a["acc"] <= 100.0 and a["chance"] == pytest.approx(100 / len(E.TINY_ATTRIBUTES[name].options))
         assert sc["attributes"]["Volume"]["n"] == 4 and sc["attributes"]["Speakers"]["n"] == 2
         assert sc["instruction_following"]["n"] == 4 and sc["instruction_following"]["rate"] is not None
+        # the VAD weights the transcripts came from are recorded with the run (silero-vad version)
         assert report["run"][s] | {"seconds": 0} == {"system": s, "prompts": 22, "resumed": 0, "generated": 22,
-                                                     "seconds": 0}
+                                                     "seconds": 0, "vad": f"silero-vad {desta.SILERO_VAD_VERSION} silero_vad.jit"}
     table = (out / "tiny.md").read_text().splitlines()
     assert table[0] == ("| Attribute | n | chance | majority | DeSTA | Text-only (description) | Cascade (ASR) "
                         "| DeSTA 95% CI |")
@@ -776,6 +849,11 @@ def test_system_text_needs_text_stand_ins(tmp_path, tiny_desta):
     bb = E.load_backbones(llm=tiny_desta / "llm", need_asr=False)
     with pytest.raises(ValueError, match="--system text needs a text stand-in for every audio; prompt x"):
         E.run_prompts(bb, "text", prompts, tmp_path / "p.jsonl", 4)
+    # Speech-IFEval's text reference reads its own chat, not the <start_audio> framing
+    data, _ = speech_ifeval_fixture(tmp_path)
+    p = E.speech_ifeval_prompt(E.load_speech_ifeval(data)[0])
+    inputs, texts = E.prompt_inputs(bb, "text", [p])
+    assert inputs == [bb.tokenizer.apply_chat_template(p.text_chat)] and texts == [["[00:00-00:01] hi"]]
 
 
 def test_perplexity_of_targets_equals_hand_computation(tmp_path, tiny_desta):
@@ -870,7 +948,7 @@ def test_benchmark_runs_desta_and_cascade_with_two_audio_prompts(tmp_path, tiny_
     alone = E.desta_prompt_embeddings(model, prompts[:1], texts, mels[80], index)[0]
     assert both[0].shape == alone.shape and torch.allclose(both[0], alone, atol=1e-6)
     msgs = E.desta_messages(prompts[0], "<|AUDIO|>")
-    assert msgs[1]["content"] == "<|AUDIO|>\n\n<|AUDIO|>\n\nSame speaker? The answer could be yes or no."
+    assert msgs[1]["content"] == "<|AUDIO|> <|AUDIO|> Same speaker? The answer could be yes or no."  # evaluation_tips.md
     b = model.build_batch([msgs], [[" ", " "]])
     with torch.no_grad():
         vecs = model.encode_audio(mels[80][:2])

@@ -7,6 +7,7 @@ import os
 import pickle
 import warnings
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,3 +185,15 @@ def test_jit_reader_rejects_foreign_pickles(tmp_path):
     not_zip.write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="plain.jit"):
         SileroVAD.from_pretrained(str(not_zip))
+
+
+def test_weights_version_is_pinned_and_recorded(vad):
+    """The weights come from one silero-vad release (they change between releases), pinned in
+    requirements-tiny.txt and recorded as the VAD's source, which outputs carry."""
+    import desta
+    root = Path(__file__).resolve().parents[1]
+    assert f"silero-vad=={desta.SILERO_VAD_VERSION}" in (root / "requirements-tiny.txt").read_text()
+    assert desta.silero_wheel_version() == desta.SILERO_VAD_VERSION
+    assert vad.source == f"silero-vad {desta.SILERO_VAD_VERSION} {SILERO_JIT_FILE}"
+    path = silero_data_file(SILERO_SAFETENSORS_FILE)
+    assert SileroVAD.from_pretrained(path).source == path  # an explicit file is recorded as given
