@@ -2441,10 +2441,19 @@ def write_table(path, text):
     tmp.replace(path)
 
 
+def llm_dtype(args) -> torch.dtype:
+    """--dtype resolved for this machine (desta.pick_dtype), said once, when a model is first loaded."""
+    if not isinstance(args.dtype, torch.dtype):
+        dtype, why = desta.pick_dtype(args.device, args.dtype)
+        print(f"precision: {str(dtype).removeprefix('torch.')} ({why})", file=sys.stderr)
+        args.dtype = dtype
+    return args.dtype
+
+
 def load_system(args):
     """The backbones --system needs: DeSTA (--checkpoint), or the bare LLM (--llm, else the checkpoint's)
     with Whisper ASR for the cascade (--asr, else the checkpoint's encoder)."""
-    dtype = generate.DTYPES[args.dtype]
+    dtype = llm_dtype(args)
     if args.system == "desta":
         bb = load_backbones(args.checkpoint, args.llm, args.asr, dtype=dtype, device=args.device,
                             encoder_dtype=generate.DTYPES[args.encoder_dtype])
@@ -2479,7 +2488,7 @@ def main_tiny(args):
     bb = None  # nothing to answer (a finished run re-scored): no model is loaded
     if pending:
         bb = load_backbones(args.checkpoint, args.llm, args.asr, need_asr=pending != ["text"],
-                            dtype=generate.DTYPES[args.dtype], device=args.device,
+                            dtype=llm_dtype(args), device=args.device,
                             encoder_dtype=generate.DTYPES[args.encoder_dtype])
         bb.language = args.language
     scores, stats = {}, {}
@@ -2515,7 +2524,7 @@ def main_ppl(args):
     done = {r["n"] for r in data.read_appended(path)}
     llm_model = tok = None  # every row already scored: no model is loaded
     if any(n not in done for n in range(len(rows))):
-        bb = load_backbones(llm=llm, need_asr=False, dtype=generate.DTYPES[args.dtype], device=args.device)
+        bb = load_backbones(llm=llm, need_asr=False, dtype=llm_dtype(args), device=args.device)
         llm_model, tok = bb.llm, bb.tokenizer
     scores = perplexity_of_targets(llm_model, tok, rows, path, args.batch_tokens, where=str(args.data))
     scores.update(data=str(args.data), llm=str(llm))
@@ -2580,10 +2589,6 @@ def main(argv=None):
         (out / "coverage.json").write_text(json.dumps(cov, indent=2))
         print(coverage_table(cov))
         return cov
-    if args.benchmark != "report":
-        dtype, why = desta.pick_dtype(args.device, args.dtype)
-        args.dtype = next(k for k, v in generate.DTYPES.items() if v == dtype)
-        print(f"precision: {args.dtype} ({why})", file=sys.stderr)
 
     if args.benchmark == "tiny":
         return main_tiny(args)

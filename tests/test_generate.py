@@ -216,7 +216,7 @@ def test_vad_listens_to_the_30_seconds_whisper_sees():
             return bool(abs(w).max() > 0.1) if len(w) else False
 
     class NoASR:
-        def transcribe(self, mel, max_new_tokens):
+        def transcribe(self, mel, max_new_tokens, language=None):
             return ["(transcript)"] * len(mel)
 
     late = torch.zeros(data.N_SAMPLES + 16000)
