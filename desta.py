@@ -1469,11 +1469,11 @@ VAD_MIN_SPEECH_MS = 250
 VAD_MIN_SILENCE_MS = 100
 VAD_SPEECH_PAD_MS = 30
 
-# The wheel the weights are read from, pinned (requirements-tiny.txt): silero releases retrain the model,
+# The wheel the weights are read from, pinned (requirements-models.txt): silero releases retrain the model,
 # and the authors' code took whatever torch.hub's snakers4/silero-vad master held on the day it ran.
 # The version is recorded with every output that used the VAD (SileroVAD.source).
 SILERO_VAD_VERSION = "6.2.3"
-SILERO_PIP_HINT = f"pip install silero-vad=={SILERO_VAD_VERSION}"
+SILERO_PIP_HINT = f"pip install --no-deps silero-vad=={SILERO_VAD_VERSION}"
 SILERO_JIT_FILE = "silero_vad.jit"
 SILERO_SAFETENSORS_FILE = "silero_vad_16k.safetensors"
 SILERO_DEFAULT_FILE = SILERO_JIT_FILE

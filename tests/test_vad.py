@@ -189,10 +189,10 @@ def test_jit_reader_rejects_foreign_pickles(tmp_path):
 
 def test_weights_version_is_pinned_and_recorded(vad):
     """The weights come from one silero-vad release (they change between releases), pinned in
-    requirements-tiny.txt and recorded as the VAD's source, which outputs carry."""
+    requirements-models.txt and recorded as the VAD's source, which outputs carry."""
     import desta
     root = Path(__file__).resolve().parents[1]
-    assert f"silero-vad=={desta.SILERO_VAD_VERSION}" in (root / "requirements-tiny.txt").read_text()
+    assert f"silero-vad=={desta.SILERO_VAD_VERSION}" in (root / "requirements-models.txt").read_text()
     assert desta.silero_wheel_version() == desta.SILERO_VAD_VERSION
     assert vad.source == f"silero-vad {desta.SILERO_VAD_VERSION} {SILERO_JIT_FILE}"
     path = silero_data_file(SILERO_SAFETENSORS_FILE)
