@@ -3865,6 +3865,7 @@ class FeatureCache:
                     good.append(c)
                 except AudioError as e:
                     stats["unreadable"] += 1
+                    self.path(c).unlink(missing_ok=True)  # a stale entry must not stand in for audio now unreadable
                     log(f"[features] skipped unreadable clip: {e}")
             if good:
                 feats = desta.encoder_features(whisper, torch.stack(mels).to(device), self.taps, self.mask_padding,

@@ -76,9 +76,12 @@ def test_feature_cache_round_trip_stale_corrupt_and_resume(random_backbones, tmp
     # another encoder or other taps: another folder, never a mixed cache
     other = data.FeatureCache(tmp_path / "features", tmp_path, random_backbones / "whisper", [0, 3], True, True)
     assert other.folder != cache.folder and other.check(ids[2]) == "missing"
-    # unreadable audio is counted, not fatal
+    # unreadable audio is counted, not fatal, and an old entry of a clip now unreadable is dropped
     (tmp_path / "audio" / "bad.wav").write_bytes(b"not a wav")
     assert cache.build(model.whisper, ["audio/bad.wav"], log=logs.append)["unreadable"] == 1
+    (tmp_path / ids[2]).write_bytes(b"not a wav either")
+    assert cache.build(model.whisper, [ids[2]], log=logs.append)["unreadable"] == 1
+    assert not cache.path(ids[2]).exists()
 
 
 def test_training_loss_from_cache_equals_loss_from_audio(random_backbones, tmp_path):
