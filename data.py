@@ -55,7 +55,9 @@ import requests
 import soundfile as sf
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.numpy import save_file as save_numpy_safetensors
+from safetensors.torch import load_file as load_torch_safetensors, save_file as save_torch_safetensors
 
 import desta
 
@@ -3805,7 +3807,6 @@ class FeatureCache:
 
     def check(self, clip: str) -> str | None:
         """None when the entry is there and current, else why not: missing, stale (what changed), corrupt."""
-        from safetensors import safe_open
         path = self.path(clip)
         if not path.is_file():
             return "missing"
@@ -3826,20 +3827,19 @@ class FeatureCache:
         return None
 
     def get(self, clip: str) -> list[torch.Tensor]:
-        from safetensors.torch import load_file
         try:
-            d = load_file(str(self.path(clip)))
+            d = load_torch_safetensors(str(self.path(clip)))
             return [d[f"tap{i}"] for i in range(len(self.taps))]
         except Exception as e:
             raise AudioError(f"{self.path(clip)}: cached features unreadable ({type(e).__name__}: {e}); "
                              "rerun to recompute them") from None
 
     def put(self, clip: str, taps: list[torch.Tensor]) -> None:
-        from safetensors.torch import save_file
         path = self.path(clip)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        save_file({f"tap{i}": t.contiguous().cpu() for i, t in enumerate(taps)}, str(tmp), metadata=self._expected(clip))
+        save_torch_safetensors({f"tap{i}": t.contiguous().cpu() for i, t in enumerate(taps)}, str(tmp),
+                               metadata=self._expected(clip))
         os.replace(tmp, path)  # an entry exists only once complete
 
     def build(self, whisper, clips: list[str], batch_size: int = 16, log=print, log_every: float = 10.0) -> dict:

@@ -146,16 +146,15 @@ class Engine:
         logits = lead_logits.new_empty(len(prompts), lead_logits.shape[-1])
         lengths = torch.zeros(len(prompts), dtype=torch.long, device=self.device)
         logits[lead], lengths[lead] = lead_logits, lens
-        if rest:
-            leader = {}
-            for i, n in enumerate(shared):
-                leader[i] = i if n == 0 else leader[i - 1]
-            src, dst = rows[[leader[i] for i in rest]], rows[rest]
-            for layer in self.llm.layers:  # the shared keys/values: copied, not recomputed
-                c = layer.self_attn.kv_cache
-                c.k[dst], c.v[dst] = c.k[src], c.v[src]
-            starts = torch.tensor([shared[i] for i in rest], device=self.device)
-            logits[rest], lengths[rest] = self._prefill_rest(dst, [prompts[i] for i in rest], starts)
+        leader = {}
+        for i, n in enumerate(shared):
+            leader[i] = i if n == 0 else leader[i - 1]
+        src, dst = rows[[leader[i] for i in rest]], rows[rest]
+        for layer in self.llm.layers:  # the shared keys/values: copied, not recomputed
+            c = layer.self_attn.kv_cache
+            c.k[dst], c.v[dst] = c.k[src], c.v[src]
+        starts = torch.tensor([shared[i] for i in rest], device=self.device)
+        logits[rest], lengths[rest] = self._prefill_rest(dst, [prompts[i] for i in rest], starts)
         return logits, lengths
 
     def _prefill_rest(self, rows, prompts, starts):
