@@ -12,7 +12,7 @@ import pytest
 
 PROMPT_DIR = Path(__file__).resolve().parent.parent / "prompts"
 POOLS = ("speech", "sound")
-ATTRIBUTE_POOLS = ("speech_attributes", "sound_attributes")  # short questions on one property each
+ATTRIBUTE_POOLS = ("speech_attributes", "sound_attributes")  # prompts whose answers restate the clip's properties
 MIN_POOL_SIZE = 300
 MAX_CHARS = 300
 FIXED_PROMPT = "What can you hear from the audio?"  # the paper's 1-P ablation
@@ -68,7 +68,9 @@ def test_lines_are_clean(name):
 @pytest.mark.parametrize("name", POOLS + ATTRIBUTE_POOLS)
 def test_pool_size_and_no_duplicates(name):
     lines = read_lines(name)
-    least = MIN_POOL_SIZE if name in POOLS else 12
+    # the attribute pools are small on purpose: each line was kept for the share of its answers that state
+    # the clip's properties (prompts/README.md), and few prompts pass that bar with a 135M backbone
+    least = MIN_POOL_SIZE if name in POOLS else 4
     assert len(lines) >= least, f"{name}.txt has {len(lines)} prompts, want >= {least}"
     seen = {}
     for i, line in enumerate(lines, 1):
