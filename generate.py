@@ -227,7 +227,7 @@ class Engine:
                 groups.append([i])
             else:
                 groups[-1].append(i)
-        queue = [i for g in sorted(groups, key=lambda g: -max(len(prompts[i]) for i in g)) for i in g]
+        queue = sorted(groups, key=lambda g: -max(len(prompts[i]) for i in g))
         results: list = [None] * len(prompts)
         B, N = self.B, sampling.max_new_tokens
         caps = torch.tensor(max_new or [N] * len(prompts), device=self.device).clamp(max=N)
@@ -255,8 +255,21 @@ class Engine:
 
         while queue or active.any():
             free = (~active).nonzero().squeeze(-1)
-            if len(free) and queue and (continuous or not active.any()):
-                take = [queue.pop(0) for _ in range(min(len(free), len(queue)))]
+            take = []
+            if queue and (continuous or not active.any()):
+                # while others decode, a group joins only whole: split over two prefills, its shared part
+                # would run twice (the second half finds no leader to copy from); an idle batch takes all
+                whole = bool(active.any())
+                while queue and len(take) < len(free):
+                    room = len(free) - len(take)
+                    if len(queue[0]) <= room:
+                        take += queue.pop(0)
+                    elif whole:
+                        break
+                    else:
+                        take += queue[0][:room]
+                        queue[0] = queue[0][room:]
+            if take:
                 rows = free[:len(take)]
                 logits, lens = self._prefill(rows, [prompts[i] for i in take])
                 owner[rows], n_new[rows] = torch.tensor(take, device=self.device), 0

@@ -164,6 +164,24 @@ def test_shared_prefix_prefill_gives_the_same_tokens(tiny):
     assert generate.generate(ours, prompts, batch_size=4, **sampled) == \
         [generate.generate(ours, [p], seeds=[i], **{k: v for k, v in sampled.items() if k != "seeds"})[0]
          for i, p in enumerate(prompts)]
+def test_a_group_joins_a_running_batch_whole(tiny, monkeypatch):
+    """Continuous batching refills one or two slots at a time; a clip's K prompts must still be prefilled
+    together, or the ones that come later find no leader and run their shared prefix again."""
+    _, ours = tiny
+    tails = prompts_of([3, 9, 1, 6, 12, 4, 2, 8, 5, 7, 10, 11], seed=8)
+    prompts = [prompts_of([80], seed=20 + g)[0] + tails[3 * g + j] for g in range(4) for j in range(3)]
+    whole = []
+    run_whole = generate.Engine._prefill_whole
+    monkeypatch.setattr(generate.Engine, "_prefill_whole",
+                        lambda self, rows, ps: whole.append(len(ps)) or run_whole(self, rows, ps))
+    engine = generate.Engine(ours, batch_size=6, max_len=128)
+    caps = [2, 5, 9, 3, 7, 4, 6, 8, 2, 5, 3, 9]  # slots free one or two at a time
+    got = engine.run(prompts, generate.Sampling(max_new_tokens=9), max_new=caps)
+    ours.drop_cache()
+    assert sum(whole) == 4  # one leader per group: every other prompt copied its prefix
+    assert got == [generate.generate(ours, [p], max_new_tokens=c)[0] for p, c in zip(prompts, caps)]
+
+
 def test_top_p_zero_is_greedy_not_nan(tiny):
     """--top-p 0 once gave NaN (every token masked): it keeps the most likely token, like greedy."""
     probs = torch.tensor([[0.05, 0.5, 0.2, 0.15, 0.1], [0.4, 0.1, 0.4, 0.05, 0.05]])
