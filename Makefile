@@ -10,8 +10,8 @@ NPROC  ?= 1
 ifeq ($(PRESET),tiny)
 DATA    ?= data_tiny
 LLM     ?= HuggingFaceTB/SmolLM2-135M-Instruct
-# one general and two attribute prompts per clip (7,239 rows), short answers: about an hour on 2 CPU cores
-SELFGEN ?= --k 1 --k-attributes 2 --max-new-tokens 32 --batch-size 64
+# one general and two attribute prompts per clip (7,239 rows), answers of at most 48 tokens: ~1 h on 2 CPU cores
+SELFGEN ?= --k 1 --k-attributes 2 --max-new-tokens 48 --batch-size 64
 VALGEN  ?= --limit 160
 CORPUS  ?=
 else
@@ -37,9 +37,9 @@ endif
 # covers every test clip of the corpus (189 speech, 60 sound, 58 music).
 DEMO        ?= runs/demo
 DEMO_SEEDS   = data_tiny/seed_manifest.jsonl
-DEMO_TARGETS ?= --k 1 --k-attributes 2 --max-new-tokens 32 --batch-size 64
+DEMO_TARGETS ?= --k 1 --k-attributes 2 --max-new-tokens 48 --batch-size 64
 DEMO_CLIPS  ?= 800
-DEMO_TRAIN  ?= --max_steps=200 --eval_every=50 --eval_batches=4 --eval_samples=2 --save_every=25 --keep_last=2
+DEMO_TRAIN  ?= --max_steps=250 --eval_every=50 --eval_batches=4 --eval_samples=2 --save_every=25 --keep_last=2
 DEMO_EVAL   ?= --limit 307 --max-new-tokens 96
 demo_run = $(PY) generate.py selfgen --seeds $(DEMO_SEEDS) --llm $(LLM) --split train --out $(1)/train.jsonl \
 	--limit $(DEMO_CLIPS) $(DEMO_TARGETS) $(2) && \
