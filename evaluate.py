@@ -51,6 +51,7 @@ import torch.nn.functional as F
 import data
 import desta
 import generate
+from corpus import synthetic  # the tiny benchmark's option tables (it moves to benchmarks/ next)
 
 # -----------------------------------------------------------------------------------------------------
 # 0. Shared pieces
@@ -1626,7 +1627,7 @@ def _fmt(template):  # a number field -> its option text; absent -> None
 
 
 # The one table to edit when the corpus changes: description attribute -> question, manifest field, options.
-# Options are the corpus's own value tables (data.py), so a new value there is a new option here. Questions
+# Options are the corpus's own value tables (corpus/synthetic.py), so a new value there is a new option here. Questions
 # name the attribute as the description does, and by likelihood the reply is scored as "{name}: {option}",
 # the description's own wording. SmolLM2-135M given the description as text (60 test clips, 216 questions,
 # macro over attributes): options listed in the question and replied bare 33.4% (it copies from the list);
@@ -1635,28 +1636,28 @@ def _fmt(template):  # a number field -> its option text; absent -> None
 # one speaker), the exact key ("C major" and "C# major" are the same MMAU tokens: only the mode is asked),
 # and Duration (a number, not a class).
 TINY_ATTRIBUTES = {
-    "Gender": TinyAttribute("What is the speaker's gender?", lambda r: r.get("gender"), tuple(data.VOICE_VARIANTS)),
-    "Accent": TinyAttribute("What is the speaker's accent?", lambda r: r.get("accent"), tuple(data.ACCENTS)),
+    "Gender": TinyAttribute("What is the speaker's gender?", lambda r: r.get("gender"), tuple(synthetic.VOICE_VARIANTS)),
+    "Accent": TinyAttribute("What is the speaker's accent?", lambda r: r.get("accent"), tuple(synthetic.ACCENTS)),
     "Speaking rate": TinyAttribute("What is the speaker's speaking rate?", lambda r: r.get("rate"),
-                                   tuple(data.SPEAKING_RATES)),
-    "Pitch": TinyAttribute("What is the speaker's pitch?", lambda r: r.get("pitch"), tuple(data.PITCH_LEVELS)),
+                                   tuple(synthetic.SPEAKING_RATES)),
+    "Pitch": TinyAttribute("What is the speaker's pitch?", lambda r: r.get("pitch"), tuple(synthetic.PITCH_LEVELS)),
     "Speakers": TinyAttribute("How many speakers are there?", lambda r: _fmt("{}")(r.get("num_speakers")),
                               ("1", "2")),
     "Background": TinyAttribute("What is the background?", lambda r: r.get("background"),
-                                tuple(data.BACKGROUNDS)),
+                                tuple(synthetic.BACKGROUNDS)),
     "SNR": TinyAttribute("What is the SNR?",
-                         lambda r: _fmt("{:g} dB")(r.get("snr_db")), tuple(f"{v:g} dB" for v in data.SNR_LEVELS_DB)),
-    "Sound": TinyAttribute("What is the sound?", lambda r: _single(r.get("sound")), tuple(data.SOUNDS)),
+                         lambda r: _fmt("{:g} dB")(r.get("snr_db")), tuple(f"{v:g} dB" for v in synthetic.SNR_LEVELS_DB)),
+    "Sound": TinyAttribute("What is the sound?", lambda r: _single(r.get("sound")), tuple(synthetic.SOUNDS)),
     "Instrument": TinyAttribute("Which instrument plays the music?", lambda r: r.get("instrument"),
-                                tuple(data.INSTRUMENTS)),
-    "Texture": TinyAttribute("What does the music play?", lambda r: r.get("texture"), tuple(data.TEXTURES)),
+                                tuple(synthetic.INSTRUMENTS)),
+    "Texture": TinyAttribute("What does the music play?", lambda r: r.get("texture"), tuple(synthetic.TEXTURES)),
     "Drums": TinyAttribute("Are there drums in the music?",
                            lambda r: {True: "Yes", False: "No"}.get(r.get("drums")), ("Yes", "No")),
     "Mode": TinyAttribute("Is the key major or minor?",
-                          lambda r: r["key"].split()[-1] if r.get("key") else None, tuple(data.SCALES)),
+                          lambda r: r["key"].split()[-1] if r.get("key") else None, tuple(synthetic.SCALES)),
     "Tempo": TinyAttribute("What is the tempo?", lambda r: _fmt("{:g} bpm")(r.get("tempo_bpm")),
-                           tuple(f"{b:g} bpm" for b in data.TEMPOS_BPM)),
-    "Volume": TinyAttribute("What is the volume?", lambda r: r.get("volume"), tuple(data.VOLUME_LEVELS)),
+                           tuple(f"{b:g} bpm" for b in synthetic.TEMPOS_BPM)),
+    "Volume": TinyAttribute("What is the volume?", lambda r: r.get("volume"), tuple(synthetic.VOLUME_LEVELS)),
 }
 # (instruction, Speech-IFEval instruction id, checker kwargs): Speech-IFEval-style prompts about the clip
 TINY_IF_PROMPTS = (
