@@ -787,4 +787,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    sys.modules["data"] = sys.modules[__name__]  # corpus/ and tools/ import `data`: this module, not a copy
     main()
