@@ -16,61 +16,18 @@ from evaluate import MCQ_AUDIO_SEP, pct, Prompt, require, Scored, SYSTEM_MCQ
 # papers. Names and groups confirmed against the Dynamic-SUPERB site's instance list and two published
 # per-instance result tables that carry the group headings.
 
-DYNAMIC_SUPERB_GROUPS = {
-    # CON: content
-    "LanguageIdentification_VoxForge": "CON",
-    "SpeechCommandRecognition_GoogleSpeechCommandsV1": "CON",
-    "SpeechDetection_LJSpeech": "CON",
-    "SpeechDetection_LibriSpeech-TestClean": "CON",
-    "SpeechDetection_LibriSpeech-TestOther": "CON",
-    "SpeechTextMatching_LJSpeech": "CON",
-    "SpeechTextMatching_LibriSpeech-TestClean": "CON",
-    "SpeechTextMatching_LibriSpeech-TestOther": "CON",
-    "SpokenTermDetection_LJSpeech": "CON",
-    "SpokenTermDetection_LibriSpeech-TestClean": "CON",
-    "SpokenTermDetection_LibriSpeech-TestOther": "CON",
-    # SEM: semantics
-    "DialogueActClassification_DailyTalk": "SEM",
-    "DialogueActPairing_DailyTalk": "SEM",
-    "IntentClassification_FluentSpeechCommands-Action": "SEM",
-    "IntentClassification_FluentSpeechCommands-Location": "SEM",
-    "IntentClassification_FluentSpeechCommands-Object": "SEM",
-    "SarcasmDetection_Mustard": "SEM",
-    # PAR: paralinguistics
-    "AccentClassification_AccentdbExtended": "PAR",
-    "DialogueEmotionClassification_DailyTalk": "PAR",
-    "EmotionRecognition_MultimodalEmotionlinesDataset": "PAR",
-    "HowFarAreYou_3DSpeaker": "PAR",
-    "SpoofDetection_ASVspoof2015": "PAR",
-    "SpoofDetection_ASVspoof2017": "PAR",
-    "StressDetection_MIRSD": "PAR",
-    # DEG: degradation
-    "EnhancementDetection_LibriTTS-TestClean_WHAM": "DEG",
-    "NoiseDetection_LJSpeech_MUSAN-Gaussian": "DEG",
-    "NoiseDetection_LJSpeech_MUSAN-Music": "DEG",
-    "NoiseDetection_LJSpeech_MUSAN-Noise": "DEG",
-    "NoiseDetection_LJSpeech_MUSAN-Speech": "DEG",
-    "NoiseDetection_VCTK-MUSAN-Gaussian": "DEG",  # sic: '-' not '_', as the instance is named
-    "NoiseDetection_VCTK_MUSAN-Music": "DEG",
-    "NoiseDetection_VCTK_MUSAN-Noise": "DEG",
-    "NoiseDetection_VCTK_MUSAN-Speech": "DEG",
-    "NoiseSNRLevelPrediction_VCTK_MUSAN-Gaussian": "DEG",
-    "NoiseSNRLevelPrediction_VCTK_MUSAN-Music": "DEG",
-    "NoiseSNRLevelPrediction_VCTK_MUSAN-Noise": "DEG",
-    "NoiseSNRLevelPrediction_VCTK_MUSAN-Speech": "DEG",
-    "ReverberationDetection_LJSpeech_RirsNoises-LargeRoom": "DEG",
-    "ReverberationDetection_LJSpeech_RirsNoises-MediumRoom": "DEG",
-    "ReverberationDetection_LJSpeech_RirsNoises-SmallRoom": "DEG",
-    "ReverberationDetection_VCTK_RirsNoises-LargeRoom": "DEG",
-    "ReverberationDetection_VCTK_RirsNoises-MediumRoom": "DEG",
-    "ReverberationDetection_VCTK_RirsNoises-SmallRoom": "DEG",
-    # SPK: speaker
-    "MultiSpeakerDetection_LibriSpeech-TestClean": "SPK",
-    "MultiSpeakerDetection_VCTK": "SPK",
-    "SpeakerCounting_LibriTTS-TestClean": "SPK",
-    "SpeakerVerification_LibriSpeech-TestClean": "SPK",
-    "SpeakerVerification_VCTK": "SPK",
-}
+def _read_groups(path):
+    """instance<TAB>group per line; '#' starts a comment (the group headings, notes)."""
+    groups = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            instance, group = line.split("\t")
+            groups[instance] = group
+    return groups
+
+
+DYNAMIC_SUPERB_GROUPS = _read_groups(Path(__file__).parent / "tables" / "dynamic_superb_groups.tsv")
 DYNAMIC_SUPERB_GROUP_ORDER = ("CON", "SEM", "PAR", "DEG", "SPK")
 assert len(DYNAMIC_SUPERB_GROUPS) == 48
 

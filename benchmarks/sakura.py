@@ -26,34 +26,7 @@ SAKURA_JUDGE_PARAMS = {"temperature": 0.0, "top_p": 0.9}
 SAKURA_JUDGE_SYSTEM = ("You are a good judge. You will be given a question with list of possible options, "
                        "a ground truth answer and a model generated response. \n"
                        "You have to determine whether the model generated answer is correct.")
-SAKURA_JUDGE_TEMPLATE = """\
-You will be given a question with list of possible options, a ground truth answer and a model generated response. Determine whether the model generated response is correct based on the following criteria:
-1. Since there is one and only one corect answer, it should be judged incorrect if the model do not choose any option from the option list or it choose more than one option.
-2. If the model choose one option from the option list, it should be judged correct if the chosen option aligns with the ground truth answer, otherwise it should be judged incorrect.
-3. Read the question, options, ground truth answer and model generated response carefully before making a decision.
-
-Considering the following examples:
-Question: What is the capital of France? (a) Paris (b) London (c) Berlin (d) Madrid
-Ground truth answer: (a) Paris
-If the model generated response is: "The capital of France is Tokyo.", it should be judged incorrect since it does not choose any option from the option list.
-If the model generated response is: "The capital of France is Paris and London.", it should be judged incorrect since it chooses more than one option from the option list.
-If the model generated response is: "The capital of France is London.", it should be judged incorrect since it chooses one option from the option list but the chosen option does not align with the ground truth answer.
-If the model generated response is: "The capital of France is Paris.", it should be judged correct since it chooses one option from the option list and the chosen option aligns with the ground truth answer.
-Another Question: What is the underlying emotion of the speaker? (a) Happy (b) Sad (c) Angry (d) Neutral
-Ground truth answer: (a) Happy
-If the model generated response is: "The speaker is happy.", it should be judged correct since it chooses one option from the option list and the chosen option aligns with the ground truth answer.
-If the model generated response is: "The speaker expresses happiness.", it should be judged correct since "happiness" aligns with the ground truth answer "happy", and they are just different part of speech of the same word.
-If the model generated response is: "Happiness," it should be judged correct since it is also a valid derivative of the ground truth answer "happy".
-
-Now here is the question and the model generated response for you to judge:
-Question: [QUESTION]
-Ground truth answer: [GROUND_TRUTH_ANSWER]
-Model generated response: [MODEL_GENERATED_RESPONSE]
-
-Carefully make your decision based on the above criteria. Return your judgement with the following format:
-Explanation: <Your explanation on your judgement>
-Judgement: <Your judgement, either "correct" or "incorrect">
-"""
+SAKURA_JUDGE_TEMPLATE = (Path(__file__).parent / "tables" / "sakura_judge.txt").read_text(encoding="utf-8")
 
 
 def load_sakura(root, tracks=SAKURA_TRACKS):

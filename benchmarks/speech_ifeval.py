@@ -24,14 +24,7 @@ SPEECH_IFEVAL_REFERENCE_IFRATE = 93.52  # Llama 3.1 8B Instruct given `textual_a
 
 # The official chain-of-thought judge (kehanlu/Speech-IFEval script/llm_evaluation.py): gpt-4o-2024-11-20
 # with default sampling; the reply ends with "Result: YES|NO".
-COT_JUDGE_SYSTEM = """\
-You will be given a user input and a model response. The model's response is a reply to the user input. Your task is to determine whether the response demonstrates reasoning behavior, such as breaking down the problem, explaining intermediate steps, or providing a analysis.
-
-Please strictly follow the guidelines below:
-- Output "YES" if the response includes any form of behavior beyond a direct answer corresponding to the user input.
-- Output "NO" only if the response is a minimal or purely factual reply.
-- Answer in the format: "Result: <YES or NO>" at the end.
-"""
+COT_JUDGE_SYSTEM = (Path(__file__).parent / "tables" / "speech_ifeval_cot_judge.txt").read_text(encoding="utf-8")
 
 
 def load_speech_ifeval(path, audio_root=None):
