@@ -93,6 +93,19 @@ def load_audio(path, sr: int = SAMPLE_RATE) -> np.ndarray:
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 
+def write_wav_atomic(path, audio, sr: int = SAMPLE_RATE, subtype: str = "PCM_16") -> None:
+    """Write a wav file under a temporary name, then rename it: a reader sees no file or the whole one.
+    Float samples in [-1, 1] become 16-bit PCM here, x 32768 (load_audio reads them back / 32768); integer
+    samples (a corpus's own PCM, cut into clips) are written as they are, in `subtype`."""
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    audio = np.asarray(audio)
+    if np.issubdtype(audio.dtype, np.floating):
+        audio = np.clip(np.round(audio * 32768), -32768, 32767).astype(np.int16)   # read back as /32768
+    sf.write(str(tmp), audio, sr, subtype=subtype, format="WAV")
+    os.replace(tmp, path)
+
+
 def _kaiser_sinc(d: torch.Tensor, cutoff: float, half_width: float) -> torch.Tensor:
     # ideal low-pass impulse response at distance d (in input samples) from the output instant, with
     # `cutoff` in cycles per input sample, tapered by a Kaiser window that reaches 0 at |d| = half_width
@@ -322,6 +335,19 @@ def seed_description(segments, attributes):
     return "\n".join(lines + [clip_line])
 
 
+def seconds(duration: float) -> str:
+    """The `Duration` value: whole seconds, at least 1 ("2s")."""
+    return format_attribute("Duration", duration)
+
+
+def describe(duration: float, text: str = "", attributes=()) -> str:
+    """A whole clip as one line (description_line), as the corpus recipes write it; the span ends at its
+    length in whole seconds, at least 00:01 so a sub-second clip does not read as empty."""
+    if duration < 0:
+        raise ValueError(f"negative duration {duration}")
+    return description_line(0.0, max(duration, 1.0), text, attributes)
+
+
 DESCRIPTION_LINE = re.compile(r"^\[(\d+:\d\d)-(\d+:\d\d)\]\s*(.*?)\s*(?:\((.*)\))?$")
 
 
@@ -459,7 +485,6 @@ def load_prompts(path) -> list[str]:
 
 AQA5M_TEXT_FIELDS = ("id", "dataset", "seed_description", "prompt", "response")
 AQA5M_ROLES = ("system", "user", "assistant")
-AUDIO_LOCATOR = "<|AUDIO|>"                 # one per audio in the messages (the official loader asserts it)
 
 
 def _aqa5m_problem(row, text_fields=AQA5M_TEXT_FIELDS) -> str | None:
@@ -480,7 +505,7 @@ def _aqa5m_problem(row, text_fields=AQA5M_TEXT_FIELDS) -> str | None:
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in AQA5M_ROLES or not isinstance(m.get("content"), str):
             return f"messages[{i}] must be {{'role': one of {AQA5M_ROLES}, 'content': str, ...}}"
-        n_locator += m["content"].count(AUDIO_LOCATOR)
+        n_locator += m["content"].count(desta.AUDIO_LOCATOR)
         audios = m.get("audios") or []
         if not isinstance(audios, list):
             return f"messages[{i}].audios must be a list"
@@ -492,7 +517,7 @@ def _aqa5m_problem(row, text_fields=AQA5M_TEXT_FIELDS) -> str | None:
     if n_audio == 0:
         return "no audio in 'messages'"
     if n_audio != n_locator:
-        return f"{n_locator} {AUDIO_LOCATOR} marker(s) in the messages but {n_audio} audio(s)"
+        return f"{n_locator} {desta.AUDIO_LOCATOR} marker(s) in the messages but {n_audio} audio(s)"
     return None
 
 

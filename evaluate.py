@@ -96,28 +96,6 @@ def pct(hits, total):
     return 100.0 * hits / total if total else None
 
 
-def read_json(path):
-    path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-
-
-def read_jsonl(path):
-    path, rows = Path(path), []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e})") from None
-    return rows
-
-
 def require(row, keys, where):
     """Raise a clear error naming the file/row and the missing field."""
     missing = [k for k in keys if k not in row]
@@ -132,7 +110,7 @@ def read_responses(path):
     """A predictions file -> {id: response}. Accepts our predictions jsonl (id, response, ...) and json
     lists of rows such as the authors' MMAU results (id, model_output / model_prediction)."""
     path = Path(path)
-    rows = read_json(path) if path.suffix == ".json" else read_jsonl(path)
+    rows = desta.read_json(path) if path.suffix == ".json" else data.read_jsonl(path)
     if isinstance(rows, dict):  # {"results": [...]} or {id: response}
         rows = rows.get("results", [{"id": k, "response": v} for k, v in rows.items()])
     out = {}
@@ -631,12 +609,12 @@ def main_report(args):
             if not need.is_file():
                 raise FileNotFoundError(f"{need}: missing (train and evaluate {run} first)")
         losses[label] = read_train_log(log)
-        report = read_json(scores_path)
+        report = desta.read_json(scores_path)
         if first_table is None:
             first_table = tiny.tiny_table(report["systems"])
         desta_scores = report["systems"]["desta"]
         text_scores = report["systems"].get("text")
-        ppl = [read_json(p)["ppl"] for p in sorted((run / "eval").glob("ppl-*.scores.json"))]
+        ppl = [desta.read_json(p)["ppl"] for p in sorted((run / "eval").glob("ppl-*.scores.json"))]
         train, val = losses[label]
         row = {"targets PPL": ppl[0] if ppl else None, "steps": train[-1][0] if train else None,
                "final train loss": train[-1][1] if train else None, "val loss": val[-1][1] if val else None,

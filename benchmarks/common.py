@@ -9,7 +9,7 @@ from pathlib import Path
 
 import requests
 
-from evaluate import read_jsonl
+from data import read_jsonl
 
 
 # Environment variables that configure the LLM judge (an OpenAI-compatible /chat/completions endpoint).

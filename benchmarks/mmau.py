@@ -6,7 +6,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from evaluate import pct, Prompt, read_json, require, Scored, SYSTEM_MMAU
+from desta import read_json
+from evaluate import pct, Prompt, require, Scored, SYSTEM_MMAU
 
 # -----------------------------------------------------------------------------------------------------
 # 1. MMAU test-mini: JSON list of {id, audio_id, question, choices, answer, task, difficulty, sub-category}

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from benchmarks.common import judge_chat
 from benchmarks.ifeval import APPROXIMATE_WITHOUT_NLTK, follows_instruction, SPEECH_IFEVAL_CHECKERS
-from evaluate import pct, Prompt, read_jsonl, require, Scored
+from data import read_jsonl
+from evaluate import pct, Prompt, require, Scored
 
 # -----------------------------------------------------------------------------------------------------
 # 5. Speech-IFEval: jsonl rows {id, audio_filepath, textual_audio, instruction, dataset, metric,

@@ -45,11 +45,10 @@ from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-import numpy as np
 import requests
 import soundfile as sf
 
-from data import _aqa5m_problem, _round_half_up, description_line, write_jsonl
+from data import _aqa5m_problem, describe, seconds, write_jsonl, write_wav_atomic
 from tools.hub import HUB_BACKOFF_S, HUB_RETRIES, DownloadError, _http_get, download_file
 
 DOWNLOADS_DIR = "downloads"
@@ -185,21 +184,6 @@ def extract_archive(archive, dest) -> Path:
     else:
         raise RecipeError(f"{archive}: not a tar, zip or 7z archive")
     return dest
-
-
-# ---- seed descriptions (SPEC 1): "[00:00-mm:ss] text (Name: value, ...)" ----
-
-def seconds(duration: float) -> str:
-    """The `Duration` value: whole seconds, at least 1 ("2s")."""
-    return f"{max(1, _round_half_up(duration))}s"
-
-
-def describe(duration: float, text: str = "", attributes=()) -> str:
-    """A whole clip as one line (description_line); the span ends at its length in whole seconds, at
-    least 00:01 so a sub-second clip does not read as empty."""
-    if duration < 0:
-        raise ValueError(f"negative duration {duration}")
-    return description_line(0.0, max(duration, 1.0), text, attributes)
 
 
 # ---- shared parsing helpers ----
@@ -345,12 +329,6 @@ def _read_list(path: Path) -> set:
     return {line.strip() for line in _read_text(path).splitlines() if line.strip()}
 
 
-def _write_wav_atomic(path: Path, audio: np.ndarray, sr: int, subtype: str):
-    tmp = path.with_name(path.name + ".tmp")
-    sf.write(str(tmp), audio, sr, subtype=subtype, format="WAV")
-    os.replace(tmp, path)
-
-
 def _cut_silence(corpus: Path) -> list[tuple[Path, str, int]]:
     """Cut each background-noise recording into 1-s clips under _silence_/ (idempotent);
     returns [(clip path, noise file name, index)]. The tail shorter than 1 s is dropped."""
@@ -369,7 +347,7 @@ def _cut_silence(corpus: Path) -> list[tuple[Path, str, int]]:
         if not all(p.is_file() for p in paths):
             audio, sr = sf.read(str(noise), dtype="int16")  # int16: the clips keep the exact samples
             for k, p in enumerate(paths):
-                _write_wav_atomic(p, audio[k * n:(k + 1) * n], sr, info.subtype)
+                write_wav_atomic(p, audio[k * n:(k + 1) * n], sr, info.subtype)
         clips += [(p, noise.name, k) for k, p in enumerate(paths)]
     return clips
 

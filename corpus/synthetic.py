@@ -29,10 +29,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
-from data import SAMPLE_RATE, Segment, resample, seed_description, write_jsonl
+from data import SAMPLE_RATE, Segment, resample, seed_description, write_jsonl, write_wav_atomic
 
 
 # ---------------------------------------------------------------------------------------------
@@ -927,14 +926,6 @@ def render_clip(spec, tts=None):
 
 # ---------------------------------------------------------------------------------------------
 # building the corpus
-
-
-def write_wav_atomic(path, audio):
-    path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    pcm = np.clip(np.round(np.asarray(audio) * 32768), -32768, 32767).astype(np.int16)   # read back as /32768
-    sf.write(str(tmp), pcm, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    os.replace(tmp, path)
 
 
 _WORKER = {}

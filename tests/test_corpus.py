@@ -210,7 +210,7 @@ def test_snr_and_level_of_written_clips(tmp_path):
     for i in idx:
         spec = C.speech_spec(0, i)
         audio, row = C.render_clip(spec, tts)
-        C.write_wav_atomic(tmp_path / "x.wav", audio)
+        data.write_wav_atomic(tmp_path / "x.wav", audio)
         x, sr = sf.read(str(tmp_path / "x.wav"))
         mix, clean, noise, info = C.render_speech(spec, tts)        # deterministic re-render
         assert sr == 16000 and np.abs(x - mix).max() <= 0.5 / 32768 + 1e-9

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import data  # noqa: E402
+import desta  # noqa: E402
 import evaluate as E  # noqa: E402
 from benchmarks import (  # noqa: E402
     common, dynamic_superb, ifeval, mmau, sakura, speech_ifeval, tiny, voicebench,
@@ -44,7 +46,7 @@ def test_mmau_fixture_reproduces_published_scores():
 
 def test_mmau_extraction_matches_authors_predictions():
     need_mmau_fixture()
-    for row in E.read_json(MMAU_RESULTS):
+    for row in desta.read_json(MMAU_RESULTS):
         # theirs: the output without the prefix, stripped; ours also unwraps quotes: same word tokens
         ours = mmau.extract_mmau_answer(row["model_output"])
         assert mmau._mmau_tokens(ours) == mmau._mmau_tokens(row["model_prediction"])
@@ -270,7 +272,7 @@ def test_speech_ifeval_released_outputs_reproduce_published_rates(model):
     for part, published in zip(("closed_ended", "creative_writing"), SPEECH_IFEVAL_PUBLISHED[model]):
         assert round(s.scores[part], 2) == published
     for stem in ("closed_ended_questions", "creative_writing"):
-        reference = E.read_jsonl(folder / "reports" / f"rule_eval@{stem}.jsonl.jsonl")
+        reference = data.read_jsonl(folder / "reports" / f"rule_eval@{stem}.jsonl.jsonl")
         ours = [records[str(r["id"])] for r in rows if r["part"] == speech_ifeval.SPEECH_IFEVAL_PARTS[stem]]
         assert len(ours) == len(reference)
         assert [r["correct"] for r in ours] == [r["follow_all_instructions"] for r in reference]
@@ -574,10 +576,10 @@ def test_voicebench_loader_and_overall(tmp_path):
 def test_outputs_and_table(tmp_path):
     records = [{"id": "a", "prompt": "p", "response": "r", "extracted": "x", "correct": True}]
     E.write_predictions(tmp_path / "p.jsonl", records)
-    assert E.read_jsonl(tmp_path / "p.jsonl") == records
+    assert data.read_jsonl(tmp_path / "p.jsonl") == records
     assert E.read_responses(tmp_path / "p.jsonl") == {"a": "r"}
     E.write_scores(tmp_path / "s.json", {"acc": 1.5})
-    assert E.read_json(tmp_path / "s.json") == {"acc": 1.5}
+    assert desta.read_json(tmp_path / "s.json") == {"acc": 1.5}
     table = E.markdown_table({"DeSTA2.5": {"MMAU": 57.5, "Speech-IFEval Δ": 0.4}, "Ours": {"MMAU": 12.345}})
     lines = table.splitlines()
     assert lines[0] == "| Model | " + " | ".join(E.TABLE_I_COLUMNS) + " |"
@@ -588,9 +590,9 @@ def test_outputs_and_table(tmp_path):
 def test_cli_rescores_mmau_results(tmp_path, capsys):
     need_mmau_fixture()
     E.main(["--benchmark", "mmau", "--data", str(MMAU_RESULTS), "--out", str(tmp_path), "--model-name", "DeSTA2.5"])
-    scores = E.read_json(tmp_path / "mmau.scores.json")
+    scores = desta.read_json(tmp_path / "mmau.scores.json")
     assert round(scores["total"]["acc"], 2) == 66.00
-    preds = E.read_jsonl(tmp_path / "mmau.predictions.jsonl")
+    preds = data.read_jsonl(tmp_path / "mmau.predictions.jsonl")
     assert len(preds) == 1000 and {"id", "prompt", "response", "extracted", "correct"} <= set(preds[0])
     assert "| DeSTA2.5 | 66.00 |" in capsys.readouterr().out
 
@@ -601,7 +603,7 @@ def test_cli_rescores_a_predictions_file(tmp_path):
     scored = E.main(["--benchmark", "speech_ifeval", "--data", str(data), "--predictions",
                      str(tmp_path / "preds.jsonl"), "--out", str(tmp_path / "out")])
     assert scored.scores["closed_ended"] == 50.0
-    assert E.read_json(tmp_path / "out" / "speech_ifeval.scores.json")["creative_writing"] == 100.0
+    assert desta.read_json(tmp_path / "out" / "speech_ifeval.scores.json")["creative_writing"] == 100.0
 
 
 # ------------------------------------------------------------------------- running models: tiny, ppl
@@ -737,7 +739,7 @@ def test_tiny_questions_from_the_manifest(tmp_path):
 
 def test_tiny_manifest_value_outside_the_table_is_named(tmp_path):
     manifest, _ = tiny_manifest(tmp_path)
-    rows = E.read_jsonl(manifest)
+    rows = data.read_jsonl(manifest)
     rows[0]["accent"] = "Martian"
     write_jsonl(manifest, rows)
     with pytest.raises(ValueError, match=r"seed_manifest.jsonl: clip audio/speech/000000.wav: Accent 'Martian'"):
@@ -754,7 +756,7 @@ def test_tiny_end_to_end_references_and_resume(tmp_path, tiny_desta):
     report = tiny_cli(manifest, tiny_desta / "ckpt", out)
     systems = ("desta", "text", "cascade")
     assert list(report["systems"]) == list(systems)
-    saved = E.read_json(out / "tiny.scores.json")
+    saved = desta.read_json(out / "tiny.scores.json")
     assert saved["systems"] == report["systems"]
     for s in systems:
         sc = saved["systems"][s]
@@ -774,7 +776,7 @@ def test_tiny_end_to_end_references_and_resume(tmp_path, tiny_desta):
     assert table[-1].startswith("| Instruction following | 4 | - | ")
     assert all("| - |" not in line for line in table[2:-1])  # every cell filled
 
-    preds = {s: E.read_jsonl(out / f"tiny.{s}.predictions.jsonl") for s in systems}
+    preds = {s: data.read_jsonl(out / f"tiny.{s}.predictions.jsonl") for s in systems}
     for s in systems:
         assert len(preds[s]) == 22
         assert all({"id", "prompt", "response", "extracted", "correct"} <= set(r) for r in preds[s])
@@ -898,13 +900,13 @@ def test_perplexity_of_targets_equals_hand_computation(tmp_path, tiny_desta):
     expected = math.exp(sum(h for h, _ in hand) / sum(n for _, n in hand))
     assert abs(scores["ppl"] - expected) < 1e-4 * expected
     assert scores["tokens"] == sum(n for _, n in hand) and scores["rows"] == 3
-    assert E.read_json(tmp_path / "out" / "ppl-train.scores.json")["ppl"] == scores["ppl"]
-    preds = E.read_jsonl(tmp_path / "out" / "ppl-train.predictions.jsonl")
+    assert desta.read_json(tmp_path / "out" / "ppl-train.scores.json")["ppl"] == scores["ppl"]
+    preds = data.read_jsonl(tmp_path / "out" / "ppl-train.predictions.jsonl")
     assert sorted(r["n"] for r in preds) == [0, 1, 2]
     assert "| llm | " in (tmp_path / "out" / "ppl-train.md").read_text()
     # resume: nothing is computed twice (and no model is needed to re-score)
     assert E.main([a if a != str(tiny_desta / "llm") else str(tmp_path / "gone") for a in args])["ppl"] == scores["ppl"]
-    assert len(E.read_jsonl(tmp_path / "out" / "ppl-train.predictions.jsonl")) == 3
+    assert len(data.read_jsonl(tmp_path / "out" / "ppl-train.predictions.jsonl")) == 3
 
 
 def test_benchmark_runs_desta_and_cascade_with_two_audio_prompts(tmp_path, tiny_desta):
@@ -932,7 +934,7 @@ def test_benchmark_runs_desta_and_cascade_with_two_audio_prompts(tmp_path, tiny_
     for system in ("desta", "cascade"):
         scored = E.main(common + ["--system", system])
         assert scored.scores["instances"].keys() == set(items)
-        preds = {r["id"]: r for r in E.read_jsonl(out / f"dynamic_superb.{system}.predictions.jsonl")}
+        preds = {r["id"]: r for r in data.read_jsonl(out / f"dynamic_superb.{system}.predictions.jsonl")}
         assert len(preds) == 2 and preds["SpeakerVerification_VCTK/00000"]["audio_texts"] == [" ", " "]
         assert {"extracted", "correct"} <= set(preds["SpeakerVerification_VCTK/00000"])
         table = (out / f"dynamic_superb.{system}.md").read_text()

@@ -280,12 +280,12 @@ def clotho_rows(n):
 # ---- parsers: exact rows ----
 
 def test_describe_schema():
-    assert R.describe(2.3, "It's eleven o'clock", [("Emotion", "Anger"), ("Gender", "Male"), ("Age", None)]) \
+    assert data.describe(2.3, "It's eleven o'clock", [("Emotion", "Anger"), ("Gender", "Male"), ("Age", None)]) \
         == "[00:00-00:02] It's eleven o'clock (Emotion: Anger, Gender: Male)"
-    assert R.describe(0.3, "", [("Command", "silence"), ("Duration", R.seconds(0.3))]) \
+    assert data.describe(0.3, "", [("Command", "silence"), ("Duration", data.seconds(0.3))]) \
         == "[00:00-00:01] (Command: silence, Duration: 1s)"     # a sub-second clip still spans a second
-    assert R.describe(26.5, "", [(None, "Someone opening a door")]) == "[00:00-00:27] (Someone opening a door)"
-    assert R.describe(125.0, "hi") == "[00:00-02:05] hi"          # no attributes: no parentheses
+    assert data.describe(26.5, "", [(None, "Someone opening a door")]) == "[00:00-00:27] (Someone opening a door)"
+    assert data.describe(125.0, "hi") == "[00:00-02:05] hi"          # no attributes: no parentheses
     assert [data.format_timestamp(s) for s in (0.49, 0.5, 59.5, 61.2)] == ["00:00", "00:01", "01:00", "01:01"]
 
 
