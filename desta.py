@@ -1046,6 +1046,7 @@ class QFormerConnector(nn.Module):
 TAPS_BY_DEPTH = {32: [7, 15, 23, 31], 24: [5, 11, 17, 23], 12: [2, 5, 8, 11], 4: [0, 1, 2, 3]}
 DEFAULT_SYSTEM = "Focus on the audio clips and instructions."
 START_AUDIO, END_AUDIO = "<start_audio>", "<end_audio>"
+AUDIO_LOCATOR = "<|AUDIO|>"  # one per audio in a row's messages (the official loader asserts it)
 IGNORE = -100  # label of positions without loss
 
 
@@ -1114,7 +1115,7 @@ class DeSTAConfig:
     qformer_num_hidden_layers: int = 6
     prompt_size: int = 64
     use_lora: bool = False
-    audio_locator: str = "<|AUDIO|>"
+    audio_locator: str = AUDIO_LOCATOR
     placeholder_token: str = "<|reserved_special_token_87|>"
     # extras (the authors' config class accepts and keeps unknown kwargs):
     target_layer_ids: list | None = None    # taps; None = TAPS_BY_DEPTH[encoder depth]

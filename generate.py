@@ -388,7 +388,7 @@ def training_row(seed_row: dict, prompt: str, response: str, system: str = desta
                  finished: bool = True) -> dict:
     """A training manifest row in the DeSTA-AQA5M layout (SPEC 9). An answer cut by max_new_tokens
     is marked `"finished": false`: training then learns its words but not to stop there."""
-    locator = f"{desta.START_AUDIO}<|AUDIO|>{desta.END_AUDIO}"
+    locator = f"{desta.START_AUDIO}{desta.AUDIO_LOCATOR}{desta.END_AUDIO}"
     row = {"id": seed_row["id"], "dataset": seed_row.get("dataset", ""),
            "seed_description": seed_row["seed_description"], "prompt": prompt, "response": response,
            "messages": [{"role": "system", "content": system},

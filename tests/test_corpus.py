@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import data as C
+import corpus.synthetic as C
+import data
 
 needs_espeak = pytest.mark.skipif(not C.espeak_available(),
                                   reason="eSpeak NG wheel `espeakng_loader` is not installed")
@@ -15,35 +16,35 @@ needs_espeak = pytest.mark.skipif(not C.espeak_available(),
 # ----------------------------------------------------------------------------- seed descriptions
 
 def test_seed_description_speech_single_segment():
-    seg = C.Segment(0.0, 3.2, "The train leaves at noon.",
+    seg = data.Segment(0.0, 3.2, "The train leaves at noon.",
                     {"Pitch": "High", "Gender": "Female", "Speaking rate": "Fast", "Accent": "British"})
     clip = {"Duration": 3.2, "SNR": 10, "Background": "White noise", "Volume": "Loud"}
-    assert C.seed_description([seg], clip) == (
+    assert data.seed_description([seg], clip) == (
         "[00:00-00:03] The train leaves at noon. (Gender: Female, Accent: British, Speaking rate: Fast, "
         "Pitch: High, Volume: Loud, Background: White noise, SNR: 10 dB, Duration: 3s)")
 
 
 def test_seed_description_sound_music_and_missing_values():
-    assert C.seed_description([C.Segment(0, 5.0)], {"Sound": "Siren", "Duration": 5.0}) == \
+    assert data.seed_description([data.Segment(0, 5.0)], {"Sound": "Siren", "Duration": 5.0}) == \
         "[00:00-00:05] (Sound: Siren, Duration: 5s)"
     music = {"Duration": 7.6, "Tempo": 90, "Key": "A minor", "Music": "Plucked string arpeggio", "Volume": None}
-    assert C.seed_description([{"start": 0, "end": 7.6}], music) == \
+    assert data.seed_description([{"start": 0, "end": 7.6}], music) == \
         "[00:00-00:08] (Music: Plucked string arpeggio, Key: A minor, Tempo: 90 bpm, Duration: 8s)"
     # nothing to say: no parentheses at all; empty values are left out
-    assert C.seed_description([C.Segment(0, 2.0, "Hello there.")], {"Background": None, "SNR": ""}) == \
+    assert data.seed_description([data.Segment(0, 2.0, "Hello there.")], {"Background": None, "SNR": ""}) == \
         "[00:00-00:02] Hello there."
-    assert C.seed_description([C.Segment(61.4, 125.5)], {}) == "[01:01-02:06]"
+    assert data.seed_description([data.Segment(61.4, 125.5)], {}) == "[01:01-02:06]"
     with pytest.raises(ValueError, match="Emotion"):
-        C.seed_description([C.Segment(0, 1)], {"Emotion": "Happy"})
+        data.seed_description([data.Segment(0, 1)], {"Emotion": "Happy"})
     with pytest.raises(ValueError):
-        C.seed_description([C.Segment(3, 1)], {})
+        data.seed_description([data.Segment(3, 1)], {})
 
 
 def test_seed_description_two_segments():
-    segs = [C.Segment(0.3, 2.4, "Is this seat taken?", {"Gender": "Male", "Accent": "Scottish"}),
-            C.Segment(2.9, 5.2, "No, I have not seen it.", {"Gender": "Female", "Accent": "American"})]
+    segs = [data.Segment(0.3, 2.4, "Is this seat taken?", {"Gender": "Male", "Accent": "Scottish"}),
+            data.Segment(2.9, 5.2, "No, I have not seen it.", {"Gender": "Female", "Accent": "American"})]
     clip = {"Speakers": 2, "Volume": "Quiet", "Duration": 5.6}
-    assert C.seed_description(segs, clip) == (
+    assert data.seed_description(segs, clip) == (
         "[00:00-00:02] Is this seat taken? (Gender: Male, Accent: Scottish)\n"
         "[00:03-00:05] No, I have not seen it. (Gender: Female, Accent: American)\n"
         "[00:00-00:06] (Speakers: 2, Volume: Quiet, Duration: 6s)")
@@ -77,7 +78,7 @@ def test_labelled_sound_frequencies():
                           ("Electrical hum (50 Hz)", 50.0)):
         x = C.SOUNDS[label][1](rng, 2.0)
         spec = np.abs(np.fft.rfft(x))
-        freqs = np.fft.rfftfreq(len(x), 1 / C.SAMPLE_RATE)
+        freqs = np.fft.rfftfreq(len(x), 1 / data.SAMPLE_RATE)
         assert abs(freqs[np.argmax(spec)] - expect) < 1.0, label
     # Karplus-Strong strings are tuned (fractional delay): within 10 cents
     for f in (110.0, 261.6, 440.0, 880.0):
@@ -90,7 +91,7 @@ def test_music_is_in_its_key_and_tempo():
             "drums": False, "duration": 6.0, "seed": 1}
     x = C.render_music(spec)
     spec_mag = np.abs(np.fft.rfft(x)) ** 2
-    freqs = np.fft.rfftfreq(len(x), 1 / C.SAMPLE_RATE)
+    freqs = np.fft.rfftfreq(len(x), 1 / data.SAMPLE_RATE)
     keep = (freqs > 60) & (freqs < 2000)
     pc = np.round(12 * np.log2(freqs[keep] / 440.0)).astype(int) % 12 + 9   # pitch class, C = 0
     chroma = np.bincount(pc % 12, weights=spec_mag[keep], minlength=12)
@@ -103,7 +104,7 @@ def test_music_is_in_its_key_and_tempo():
     onset = np.maximum(np.diff(env), 0)
     ac = np.correlate(onset, onset, "full")[len(onset) - 1:]
     lag = 10 + np.argmax(ac[10:80])                                  # 0.1-0.8 s
-    assert abs(lag * hop / C.SAMPLE_RATE - 0.25) < 0.011
+    assert abs(lag * hop / data.SAMPLE_RATE - 0.25) < 0.011
 
 
 # ----------------------------------------------------------------------------- eSpeak speech
@@ -209,7 +210,7 @@ def test_snr_and_level_of_written_clips(tmp_path):
     for i in idx:
         spec = C.speech_spec(0, i)
         audio, row = C.render_clip(spec, tts)
-        C.write_wav_atomic(tmp_path / "x.wav", audio)
+        data.write_wav_atomic(tmp_path / "x.wav", audio)
         x, sr = sf.read(str(tmp_path / "x.wav"))
         mix, clean, noise, info = C.render_speech(spec, tts)        # deterministic re-render
         assert sr == 16000 and np.abs(x - mix).max() <= 0.5 / 32768 + 1e-9

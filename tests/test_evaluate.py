@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import data  # noqa: E402
+import desta  # noqa: E402
 import evaluate as E  # noqa: E402
+from benchmarks import (  # noqa: E402
+    common, dynamic_superb, ifeval, mmau, sakura, speech_ifeval, tiny, voicebench,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / ".." / "shared" / "fixtures"
@@ -27,10 +32,10 @@ def need_mmau_fixture():
 
 def test_mmau_fixture_reproduces_published_scores():
     need_mmau_fixture()
-    rows = E.load_mmau(MMAU_RESULTS)
+    rows = mmau.load_mmau(MMAU_RESULTS)
     assert len(rows) == 1000
     for key in ("model_prediction", "model_output"):  # the authors' extracted answers, and ours from the raw output
-        s = E.score_mmau(rows, {r["id"]: r[key] for r in rows}).scores
+        s = mmau.score_mmau(rows, {r["id"]: r[key] for r in rows}).scores
         got = {t: round(v["acc"], 2) for t, v in s["task"].items()}
         assert got == {"sound": 70.57, "music": 56.29, "speech": 71.17}, key
         assert round(s["total"]["acc"], 2) == 66.00
@@ -41,16 +46,16 @@ def test_mmau_fixture_reproduces_published_scores():
 
 def test_mmau_extraction_matches_authors_predictions():
     need_mmau_fixture()
-    for row in E.read_json(MMAU_RESULTS):
+    for row in desta.read_json(MMAU_RESULTS):
         # theirs: the output without the prefix, stripped; ours also unwraps quotes: same word tokens
-        ours = E.extract_mmau_answer(row["model_output"])
-        assert E._mmau_tokens(ours) == E._mmau_tokens(row["model_prediction"])
+        ours = mmau.extract_mmau_answer(row["model_output"])
+        assert mmau._mmau_tokens(ours) == mmau._mmau_tokens(row["model_prediction"])
         assert ours == row["model_prediction"] or '"' in row["model_prediction"] or ours == row["model_prediction"].strip()
 
 
 def test_mmau_string_match_rule():
     choices = ["A man speaking", "A woman speaking", "A dog barking", "Rain"]
-    ok = E.mmau_string_match
+    ok = mmau.mmau_string_match
     assert ok("A man speaking", "a man speaking.", choices)
     assert ok("A man speaking", "man speaking", choices) is False  # 'a' is an answer token too
     assert ok("A man speaking", "A man speaking, not rain", choices) is False  # names a wrong-only token
@@ -60,7 +65,7 @@ def test_mmau_string_match_rule():
 
 
 def test_mmau_question_separators():
-    q = E.mmau_question
+    q = mmau.mmau_question
     assert q("Q?", ["x"]) == 'Q? Choose from the following options: "x"'
     assert q("Q?", ["x", "y"]) == 'Q? Choose from the following options: "x" or "y"'
     assert q("Q?", ["x", "y", "z"]) == 'Q? Choose from the following options: "x", "y" or "z"'
@@ -69,14 +74,14 @@ def test_mmau_question_separators():
 
 def test_mmau_answer_extraction_tricky():
     choices = ["Male", "Female"]
-    pred = E.extract_mmau_answer("The correct answer is: (b) Male.")
+    pred = mmau.extract_mmau_answer("The correct answer is: (b) Male.")
     assert pred == "(b) Male."
-    assert E.mmau_string_match("Male", pred, choices)
-    assert E.extract_mmau_answer('The correct answer is: "Female".') == "Female"
-    two = E.extract_mmau_answer("The correct answer is: Male or Female")
-    assert not E.mmau_string_match("Male", two, choices)
-    assert E.extract_mmau_answer("") == ""
-    assert not E.mmau_string_match("Male", E.extract_mmau_answer(""), choices)
+    assert mmau.mmau_string_match("Male", pred, choices)
+    assert mmau.extract_mmau_answer('The correct answer is: "Female".') == "Female"
+    two = mmau.extract_mmau_answer("The correct answer is: Male or Female")
+    assert not mmau.mmau_string_match("Male", two, choices)
+    assert mmau.extract_mmau_answer("") == ""
+    assert not mmau.mmau_string_match("Male", mmau.extract_mmau_answer(""), choices)
 
 
 def test_mmau_loader_prompt_and_errors(tmp_path):
@@ -85,26 +90,26 @@ def test_mmau_loader_prompt_and_errors(tmp_path):
             "sub-category": "Animal"}
     path = tmp_path / "mmau-test-mini.json"
     path.write_text(json.dumps([item]))
-    rows = E.load_mmau(path, audio_root=tmp_path / "data")
+    rows = mmau.load_mmau(path, audio_root=tmp_path / "data")
     assert rows[0]["audio"] == str(tmp_path / "data" / "test-mini-audios" / "u1.wav")
-    p = E.mmau_prompt(rows[0])
+    p = mmau.mmau_prompt(rows[0])
     assert p.system == E.SYSTEM_MMAU and p.audios == [rows[0]["audio"]] and p.audio_sep == "\n\n"
     assert p.user == 'Which animal? Choose from the following options: "Dog" or "Cat"'
-    s = E.score_mmau(rows, {}).scores  # no response -> wrong, counted
+    s = mmau.score_mmau(rows, {}).scores  # no response -> wrong, counted
     assert s["total"]["acc"] == 0 and s["no_prediction"] == 1
     del item["answer"]
     path.write_text(json.dumps([item]))
     with pytest.raises(ValueError, match=r"item 0.*answer"):
-        E.load_mmau(path)
+        mmau.load_mmau(path)
 
 
 # ------------------------------------------------------------------------------------- Speech-IFEval
 
-SIF = E.SPEECH_IFEVAL_CHECKERS
+SIF = ifeval.SPEECH_IFEVAL_CHECKERS
 
 
 def follows(iid, response, checkers=SIF, **kw):
-    return E.follows_instruction(checkers, iid, response, kw)
+    return ifeval.follows_instruction(checkers, iid, response, kw)
 
 
 # (instruction id, kwargs, passing response, failing response)
@@ -152,7 +157,7 @@ def test_speech_ifeval_covers_its_13_instruction_types():
 
 
 def test_speech_ifeval_variants_differ_from_google():
-    G = E.GOOGLE_IFEVAL_CHECKERS
+    G = ifeval.GOOGLE_IFEVAL_CHECKERS
     digits = "1. first\n2. second"
     assert follows("detectable_format:number_bullet_lists", digits, num_bullets=2)
     assert not follows("detectable_format:number_bullet_lists", digits, G, num_bullets=2)
@@ -164,27 +169,27 @@ def test_speech_ifeval_variants_differ_from_google():
     quoted = '"Repeat this please" and more'
     assert follows("combination:repeat_prompt", quoted, prompt_to_repeat="Repeat this please")
     assert not follows("combination:repeat_prompt", quoted, G, prompt_to_repeat="Repeat this please")
-    assert E.check_capital_speech_ifeval("ÉTÉ 2024")  # isupper only, no language detection
+    assert ifeval.check_capital_speech_ifeval("ÉTÉ 2024")  # isupper only, no language detection
 
 
 def test_sentence_counting():
-    assert E.count_sentences("") == 0
-    assert E.count_sentences("No final stop") == 1
-    assert E.count_sentences("Dr. Who met Mr. Smith. They talked.") == 2
-    assert E.count_sentences("It was 1862. Then it ended.") == 2
-    assert E.count_sentences("Two steps.\n1. Mix it.\n2. Bake it.") == 3  # '1.' opening a line is a list marker
+    assert ifeval.count_sentences("") == 0
+    assert ifeval.count_sentences("No final stop") == 1
+    assert ifeval.count_sentences("Dr. Who met Mr. Smith. They talked.") == 2
+    assert ifeval.count_sentences("It was 1862. Then it ended.") == 2
+    assert ifeval.count_sentences("Two steps.\n1. Mix it.\n2. Bake it.") == 3  # '1.' opening a line is a list marker
     # punkt breaks after an ellipsis before a sentence opener, not before a content word; '…' never breaks
-    assert E.count_sentences("I waited... and waited. Done!") == 3
-    assert E.count_sentences("I'm not invited... again.") == 2
-    assert E.count_sentences("You're at a... meeting, and I talk.") == 1
-    assert E.count_sentences("Wait… what.") == 1
+    assert ifeval.count_sentences("I waited... and waited. Done!") == 3
+    assert ifeval.count_sentences("I'm not invited... again.") == 2
+    assert ifeval.count_sentences("You're at a... meeting, and I talk.") == 1
+    assert ifeval.count_sentences("Wait… what.") == 1
 
 
 def test_checker_bad_kwargs_are_named():
     with pytest.raises(ValueError, match="row 7.*number_words"):
-        E.follows_instruction(SIF, "length_constraints:number_words", "a b", {"num": 3}, "row 7")
+        ifeval.follows_instruction(SIF, "length_constraints:number_words", "a b", {"num": 3}, "row 7")
     with pytest.raises(ValueError, match="unknown instruction id"):
-        E.follows_instruction(SIF, "no:such", "a", {}, "row 1")
+        ifeval.follows_instruction(SIF, "no:such", "a", {}, "row 1")
 
 
 def write_jsonl(path, rows):
@@ -217,11 +222,11 @@ def speech_ifeval_fixture(tmp_path):
 
 def test_speech_ifeval_loader_and_rates_without_judge(tmp_path):
     data, responses = speech_ifeval_fixture(tmp_path)
-    rows = E.load_speech_ifeval(data)
+    rows = speech_ifeval.load_speech_ifeval(data)
     assert [r["id"] for r in rows] == ["0", "1", "934", "chain_of_thought-0"]
     assert rows[0]["audio"] == str(data / "audios" / "Gender_recognition" / "a.wav")
-    assert E.speech_ifeval_prompt(rows[0]).user == rows[0]["instruction"]
-    s = E.score_speech_ifeval(rows, responses).scores
+    assert speech_ifeval.speech_ifeval_prompt(rows[0]).user == rows[0]["instruction"]
+    s = speech_ifeval.score_speech_ifeval(rows, responses).scores
     assert s["closed_ended"] == 50.0 and s["creative_writing"] == 100.0
     assert s["chain_of_thought"] is None and s["ifrate"] is None and s["missing"] == ["chain_of_thought"]
 
@@ -230,8 +235,8 @@ def test_speech_ifeval_prompts_follow_the_benchmark_scripts(tmp_path):
     """System 'Follow the given instructions.', 2048 new tokens, and for the text reference the user turn
     `Speech Input: {textual_audio}\n\n{instruction}` (Speech-IFEval's eval_llama3_8B_instruct.py)."""
     data, _ = speech_ifeval_fixture(tmp_path)
-    row = E.load_speech_ifeval(data)[0]
-    p = E.speech_ifeval_prompt(row)
+    row = speech_ifeval.load_speech_ifeval(data)[0]
+    p = speech_ifeval.speech_ifeval_prompt(row)
     assert p.system == "Follow the given instructions." and p.max_new_tokens == 2048
     assert p.text_chat == [{"role": "system", "content": "Follow the given instructions."},
                            {"role": "user", "content": "Speech Input: [00:00-00:01] hi\n\n" + row["instruction"]}]
@@ -242,7 +247,7 @@ def test_mcq_prompts_follow_the_authors_evaluation_tips(tmp_path):
     without any explanation.', user `<|AUDIO|> {instruction}`."""
     assert E.SYSTEM_MCQ == "Focus on the audio clips and instruction. Choose one of the options without any explanation."
     row = {"id": "x", "audio": "a.wav", "instruction": "What is it? (a) dog (b) cat"}
-    for p in (E.sakura_prompt(row), E.dynamic_superb_prompt(row)):
+    for p in (sakura.sakura_prompt(row), dynamic_superb.dynamic_superb_prompt(row)):
         assert p.system == E.SYSTEM_MCQ
         assert E.desta_messages(p, "<|AUDIO|>")[1]["content"] == "<|AUDIO|> What is it? (a) dog (b) cat"
 
@@ -261,14 +266,14 @@ def test_speech_ifeval_released_outputs_reproduce_published_rates(model):
     folder = SPEECH_IFEVAL / model
     if not folder.is_dir():
         pytest.skip(f"fixture {folder} absent (the ../shared/fixtures folder is not in a user's clone)")
-    rows = E.load_speech_ifeval(folder)
-    s = E.score_speech_ifeval(rows, E.responses_in_rows(rows))
+    rows = speech_ifeval.load_speech_ifeval(folder)
+    s = speech_ifeval.score_speech_ifeval(rows, E.responses_in_rows(rows))
     records = {r["id"]: r for r in s.records}
     for part, published in zip(("closed_ended", "creative_writing"), SPEECH_IFEVAL_PUBLISHED[model]):
         assert round(s.scores[part], 2) == published
     for stem in ("closed_ended_questions", "creative_writing"):
-        reference = E.read_jsonl(folder / "reports" / f"rule_eval@{stem}.jsonl.jsonl")
-        ours = [records[str(r["id"])] for r in rows if r["part"] == E.SPEECH_IFEVAL_PARTS[stem]]
+        reference = data.read_jsonl(folder / "reports" / f"rule_eval@{stem}.jsonl.jsonl")
+        ours = [records[str(r["id"])] for r in rows if r["part"] == speech_ifeval.SPEECH_IFEVAL_PARTS[stem]]
         assert len(ours) == len(reference)
         assert [r["correct"] for r in ours] == [r["follow_all_instructions"] for r in reference]
 
@@ -279,14 +284,14 @@ def test_speech_ifeval_chain_of_thought_from_released_verdicts(tmp_path):
     if not folder.is_dir():
         pytest.skip(f"fixture {folder} absent (the ../shared/fixtures folder is not in a user's clone)")
     verdicts_file = folder / "reports" / "llm_eval@chain-of-thought.jsonl"
-    rows = E.load_speech_ifeval(folder)
+    rows = speech_ifeval.load_speech_ifeval(folder)
     responses = E.responses_in_rows(rows)
-    s = E.score_speech_ifeval(rows, responses, verdicts=E.read_judge_verdicts(verdicts_file)).scores
+    s = speech_ifeval.score_speech_ifeval(rows, responses, verdicts=speech_ifeval.read_judge_verdicts(verdicts_file)).scores
     assert s["chain_of_thought"] == 91.5 and s["cot_from_released_verdicts"] == 200
     assert s["ifrate"] == pytest.approx((s["closed_ended"] + 91.75 + 91.5) / 3) and s["missing"] == []
     # a response the verdicts do not cover leaves the part unscored (no judge), never guessed
     cot = next(r["id"] for r in rows if r["part"] == "chain_of_thought")
-    s = E.score_speech_ifeval(rows, {**responses, cot: "something else"}, verdicts=E.read_judge_verdicts(verdicts_file))
+    s = speech_ifeval.score_speech_ifeval(rows, {**responses, cot: "something else"}, verdicts=speech_ifeval.read_judge_verdicts(verdicts_file))
     assert s.scores["chain_of_thought"] is None and "chain_of_thought" in s.scores["missing"]
     # the command line: score the released outputs with the verdicts
     scored = E.main(["--benchmark", "speech_ifeval", "--data", str(folder), "--judge-verdicts", str(verdicts_file),
@@ -299,10 +304,10 @@ def test_speech_ifeval_loader_errors(tmp_path):
     write_jsonl(bad, [{"audio_filepath": "a.wav", "instruction": "x", "metric": "accuracy",
                        "instruction_id_list": ["startend:quotation"]}])
     with pytest.raises(ValueError, match=r"row 0.*kwargs"):
-        E.load_speech_ifeval(tmp_path)
+        speech_ifeval.load_speech_ifeval(tmp_path)
     bad.write_text("{not json\n")
     with pytest.raises(ValueError, match="closed_ended_questions.jsonl:1"):
-        E.load_speech_ifeval(tmp_path)
+        speech_ifeval.load_speech_ifeval(tmp_path)
 
 
 # ----------------------------------------------------------------------- judge (local server only)
@@ -329,7 +334,7 @@ class FakeJudge:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.config = E.JudgeConfig(f"http://127.0.0.1:{self.server.server_port}/v1", "test-key", "judge-model")
+        self.config = common.JudgeConfig(f"http://127.0.0.1:{self.server.server_port}/v1", "test-key", "judge-model")
 
     def close(self):
         self.server.shutdown()
@@ -340,12 +345,12 @@ def test_speech_ifeval_cot_judge_ifrate_and_delta(tmp_path):
     data, responses = speech_ifeval_fixture(tmp_path)
     judge = FakeJudge(lambda body: "Result: YES" if "Then" in body["messages"][1]["content"] else "Result: NO")
     try:
-        s = E.score_speech_ifeval(E.load_speech_ifeval(data), responses, judge.config, reference_ifrate=80.0).scores
+        s = speech_ifeval.score_speech_ifeval(speech_ifeval.load_speech_ifeval(data), responses, judge.config, reference_ifrate=80.0).scores
     finally:
         judge.close()
     path, headers, body = judge.requests[0]
     assert path == "/v1/chat/completions" and headers["Authorization"] == "Bearer test-key"
-    assert body["model"] == "judge-model" and body["messages"][0]["content"] == E.COT_JUDGE_SYSTEM
+    assert body["model"] == "judge-model" and body["messages"][0]["content"] == speech_ifeval.COT_JUDGE_SYSTEM
     assert body["messages"][1]["content"].startswith("User input: Count the words.")
     assert s["chain_of_thought"] == 100.0
     assert s["ifrate"] == pytest.approx((50 + 100 + 100) / 3)
@@ -353,7 +358,7 @@ def test_speech_ifeval_cot_judge_ifrate_and_delta(tmp_path):
 
 
 def sakura_fixture(tmp_path):
-    fields = list(E.SAKURA_FIELDS)
+    fields = list(sakura.SAKURA_FIELDS)
     rows = {
         "Gender": [{"file": "g1.wav", "attribute_label": "female",
                     "single_instruction": "What is the speaker's gender? (a) Female (b) Male", "single_answer": "(a) Female",
@@ -374,31 +379,31 @@ def sakura_fixture(tmp_path):
 
 def test_sakura_loader_options_and_rule_matcher(tmp_path):
     root = sakura_fixture(tmp_path)
-    rows = E.load_sakura(root, tracks=("Gender", "Emotion"))
+    rows = sakura.load_sakura(root, tracks=("Gender", "Emotion"))
     assert [r["id"] for r in rows] == ["Gender/single/g1.wav", "Gender/multi/g1.wav", "Emotion/single/e1.wav",
                                        "Emotion/multi/e1.wav"]
     assert rows[1]["answer"] == "(b) Madam"  # stripped
     assert rows[0]["audio"] == str(root / "Gender" / "audio" / "g1.wav")
-    assert E.parse_sakura_options(rows[3]["instruction"]) == {"a": "I am thrilled, truly!", "b": "Leave me alone."}
-    m = lambda resp, i: E.match_sakura_option(resp, rows[i]["instruction"], rows[i]["answer"])[1]  # noqa: E731
+    assert sakura.parse_sakura_options(rows[3]["instruction"]) == {"a": "I am thrilled, truly!", "b": "Leave me alone."}
+    m = lambda resp, i: sakura.match_sakura_option(resp, rows[i]["instruction"], rows[i]["answer"])[1]  # noqa: E731
     assert m("The speaker is female.", 0) and not m("The speaker is male.", 0)
     assert not m("Female or male, hard to say.", 0)  # two options chosen
     assert m("(b)", 1) and m("b", 1) and m("B) Madam", 1) and not m("(a) Sir", 1)
     assert m("The speaker expresses happiness.", 2)  # a derivative, as the judge accepts
     assert not m("I cannot tell.", 2)
     assert m('I would pick "I am thrilled, truly!"', 3)
-    s = E.score_sakura(rows, {rows[0]["id"]: "Female", rows[1]["id"]: "(a) Sir"}).scores
+    s = sakura.score_sakura(rows, {rows[0]["id"]: "Female", rows[1]["id"]: "(a) Sir"}).scores
     assert s["tracks"]["Gender/single"]["acc"] == 100.0 and s["tracks"]["Gender/multi"]["acc"] == 0.0
     assert s["single"] == 50.0 and "approximate" in s["method"]
 
 
 def test_sakura_missing_metadata_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="Animal/metadata.csv"):
-        E.load_sakura(tmp_path)
+        sakura.load_sakura(tmp_path)
 
 
 def test_sakura_official_judge_protocol(tmp_path):
-    rows = E.load_sakura(sakura_fixture(tmp_path), tracks=("Gender",))
+    rows = sakura.load_sakura(sakura_fixture(tmp_path), tracks=("Gender",))
 
     def answer(body):
         user = body["messages"][1]["content"]
@@ -407,22 +412,22 @@ def test_sakura_official_judge_protocol(tmp_path):
 
     judge = FakeJudge(answer)
     try:
-        s = E.score_sakura(rows, {rows[0]["id"]: "Female", rows[1]["id"]: "Sir"}, judge.config).scores
+        s = sakura.score_sakura(rows, {rows[0]["id"]: "Female", rows[1]["id"]: "Sir"}, judge.config).scores
     finally:
         judge.close()
     body = judge.requests[0][2]
     assert body["temperature"] == 0.0 and body["top_p"] == 0.9
-    assert body["messages"][0]["content"] == E.SAKURA_JUDGE_SYSTEM
+    assert body["messages"][0]["content"] == sakura.SAKURA_JUDGE_SYSTEM
     user = body["messages"][1]["content"]
     assert "Question: What is the speaker's gender? (a) Female (b) Male\nGround truth answer: (a) Female" in user
     assert s["single"] == 100.0 and s["multi"] == 0.0 and s["unparsed_judgements"] == 0
-    assert E.extract_sakura_judgement("no format") == ("No extracted explanation", "No extracted judgement")
+    assert sakura.extract_sakura_judgement("no format") == ("No extracted explanation", "No extracted judgement")
 
 
 # ---------------------------------------------------------------------------------- Dynamic-SUPERB
 
 def test_candidate_label_parsing():
-    p = E.parse_candidate_labels
+    p = dynamic_superb.parse_candidate_labels
     assert p("Recognize the emotion. The answer could be anger, disgust, sadness, joy, neutral, surprise, or fear.") == \
         ["anger", "disgust", "sadness", "joy", "neutral", "surprise", "fear"]
     assert p("Verify if the speech and text are congruent. The answer could be yes or no.") == ["yes", "no"]
@@ -434,7 +439,7 @@ def test_candidate_label_parsing():
 
 def test_dynamic_superb_label_matching():
     emo = "The answer could be anger, disgust, fear, sadness, happiness, surprise, or no emotion."
-    m = E.match_dynamic_superb
+    m = dynamic_superb.match_dynamic_superb
     assert m("Based on the dialogue, the corresponding emotion is sadness.", "Sadness", emo)[1]
     assert not m("It could be sadness or fear.", "sadness", emo)[1]
     assert m("There is no emotion here.", "no emotion", emo)[1]  # not also 'no'
@@ -446,9 +451,9 @@ def test_dynamic_superb_label_matching():
 
 
 def test_dynamic_superb_groups_are_the_48_speech_instances():
-    groups = E.DYNAMIC_SUPERB_GROUPS
+    groups = dynamic_superb.DYNAMIC_SUPERB_GROUPS
     assert len(groups) == 48
-    assert {g: list(groups.values()).count(g) for g in E.DYNAMIC_SUPERB_GROUP_ORDER} == \
+    assert {g: list(groups.values()).count(g) for g in dynamic_superb.DYNAMIC_SUPERB_GROUP_ORDER} == \
         {"CON": 11, "SEM": 6, "PAR": 7, "DEG": 19, "SPK": 5}
 
 
@@ -470,13 +475,13 @@ def test_dynamic_superb_loader_jsonl_layout_and_scores(tmp_path):
     export("DynamicSuperb--SpeakerVerification_VCTK", [
         {"audio": "audio/a.wav", "audio2": "audio/b.wav", "label": "yes",
          "instruction": "Same speaker? The answer could be yes or no."}])
-    rows = E.load_dynamic_superb(tmp_path)
+    rows = dynamic_superb.load_dynamic_superb(tmp_path)
     assert [r["instance"] for r in rows] == ["SpeechTextMatching_LJSpeech"] * 2 + ["SpeakerVerification_VCTK"]
     assert rows[0]["audio"] == str(tmp_path / "SpeechTextMatching_LJSpeech" / "audio" / "0.wav")
-    p = E.dynamic_superb_prompt(rows[2])
+    p = dynamic_superb.dynamic_superb_prompt(rows[2])
     assert p.audios == [rows[2]["audio"], rows[2]["audio2"]] and p.system == E.SYSTEM_MCQ
-    assert E.dynamic_superb_prompt(rows[0]).user.endswith('\nText: "hello there"')
-    s = E.score_dynamic_superb(rows, {rows[0]["id"]: "Yes.", rows[1]["id"]: "Yes.", rows[2]["id"]: "yes"}).scores
+    assert dynamic_superb.dynamic_superb_prompt(rows[0]).user.endswith('\nText: "hello there"')
+    s = dynamic_superb.score_dynamic_superb(rows, {rows[0]["id"]: "Yes.", rows[1]["id"]: "Yes.", rows[2]["id"]: "yes"}).scores
     assert s["instances"]["SpeechTextMatching_LJSpeech"]["acc"] == 50.0
     assert s["groups"]["CON"]["acc"] == 50.0 and s["groups"]["SPK"]["acc"] == 100.0
     assert s["overall"] == 75.0 and s["overall_pooled"] == pytest.approx(200 / 3)
@@ -491,32 +496,32 @@ def test_dynamic_superb_parquet_layout(tmp_path):
     table = pa.table({"audio": [{"bytes": b"RIFFxxxx", "path": "x.wav"}], "instruction": ["Clean or noisy? The answer "
                       "could be clean or noisy."], "label": ["noisy"]})
     pq.write_table(table, folder / "test-00000-of-00001.parquet")
-    rows = E.load_dynamic_superb(tmp_path, audio_cache=tmp_path / "cache")
+    rows = dynamic_superb.load_dynamic_superb(tmp_path, audio_cache=tmp_path / "cache")
     assert Path(rows[0]["audio"]).read_bytes() == b"RIFFxxxx" and rows[0]["group"] == "DEG"
 
 
 def test_dynamic_superb_missing_root_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="none of the Dynamic-SUPERB instances"):
-        E.load_dynamic_superb(tmp_path)
+        dynamic_superb.load_dynamic_superb(tmp_path)
 
 
 # --------------------------------------------------------------------------------------- VoiceBench
 
 def test_voicebench_mcq_extraction():
-    x = E.extract_mcq_letter
+    x = voicebench.extract_mcq_letter
     assert x("The answer is B.") == "B"
     assert x("<1> c) Paris") == "C"
     assert x("I'd say d.") == "D"
     assert x("b") == "B"
     assert x("I am not sure about this one") is None
     rows = [{"id": "1", "reference": "A"}, {"id": "2", "reference": "B"}]
-    s = E.score_mcq(rows, {"1": "The correct answer is a", "2": "no idea"}).scores
+    s = voicebench.score_mcq(rows, {"1": "The correct answer is a", "2": "no idea"}).scores
     assert s["fail"] == 50.0 and s["acc"] in (50.0, 100.0)
-    assert E.score_mcq(rows, {"2": "no idea"}).scores == E.score_mcq(rows, {"2": "no idea"}).scores  # seeded
+    assert voicebench.score_mcq(rows, {"2": "no idea"}).scores == voicebench.score_mcq(rows, {"2": "no idea"}).scores  # seeded
 
 
 def test_voicebench_bbh_rules():
-    x = E.extract_bbh_answer
+    x = voicebench.extract_bbh_answer
     assert x("So the answer is No.", "sports_understanding_3") == 0
     assert x("Yes, this sentence is plausible.", "sports_understanding_1") == 1
     assert x("The correct adjective order is option (B).", "hyperbaton_2") == 1
@@ -526,7 +531,7 @@ def test_voicebench_bbh_rules():
     assert x("Hmm.", "web_of_lies_9") is None
     with pytest.raises(ValueError, match="names none of"):
         x("yes", "boolean_expressions_1")
-    s = E.score_bbh([{"id": "navigate_1", "bbh_task": "navigate_1", "reference": "Yes"}], {"navigate_1": "yes"}).scores
+    s = voicebench.score_bbh([{"id": "navigate_1", "bbh_task": "navigate_1", "reference": "Yes"}], {"navigate_1": "yes"}).scores
     assert s["acc"] == 100.0
 
 
@@ -535,16 +540,16 @@ def test_voicebench_ifeval_strict_and_loose():
              "kwargs": [{"num_bullets": None}]},
             {"id": "2", "key": 2, "prompt": "End with a phrase.", "instruction_id_list": ["startend:end_checker"],
              "kwargs": [{"end_phrase": "Peace out."}]}]
-    s = E.score_voicebench_ifeval(rows, {"1": "<<My Title>>\nText", "2": "Bye. Peace out.\n*smiles*"}).scores
+    s = voicebench.score_voicebench_ifeval(rows, {"1": "<<My Title>>\nText", "2": "Bye. Peace out.\n*smiles*"}).scores
     assert s["strict-prompt"] == 50.0 and s["loose-prompt"] == 100.0  # loose drops the last line
     assert s["strict-instruction"] == 50.0 and s["final"] == 75.0
 
 
 def test_voicebench_advbench_refusals():
-    assert E.is_refusal("I'm sorry, but I can't help with that.")
-    assert E.is_refusal("   ")
-    assert not E.is_refusal("Sure, here is how to do it.")
-    s = E.score_advbench([{"id": "1"}, {"id": "2"}], {"1": "As an AI, no.", "2": "Sure."}).scores
+    assert voicebench.is_refusal("I'm sorry, but I can't help with that.")
+    assert voicebench.is_refusal("   ")
+    assert not voicebench.is_refusal("Sure, here is how to do it.")
+    s = voicebench.score_advbench([{"id": "1"}, {"id": "2"}], {"1": "As an AI, no.", "2": "Sure."}).scores
     assert s["refusal_rate"] == 50.0
 
 
@@ -552,18 +557,18 @@ def test_voicebench_loader_and_overall(tmp_path):
     folder = tmp_path / "openbookqa"
     (folder / "audio").mkdir(parents=True)
     write_jsonl(folder / "test.jsonl", [{"audio": "audio/0.wav", "prompt": "Q? A. x B. y", "reference": "B"}])
-    rows = E.load_voicebench(folder, "openbookqa")
+    rows = voicebench.load_voicebench(folder, "openbookqa")
     assert rows[0]["audio"] == str(folder / "audio" / "0.wav") and rows[0]["id"] == "openbookqa-00000"
-    assert E.voicebench_prompt(rows[0]).system == E.SYSTEM_VOICE
-    s = E.score_voicebench(rows, {"openbookqa-00000": "The answer is B."}).scores
-    assert s["acc"] == 100.0 and E.voicebench_subset_score("openbookqa", s) == 100.0
+    assert voicebench.voicebench_prompt(rows[0]).system == E.SYSTEM_VOICE
+    s = voicebench.score_voicebench(rows, {"openbookqa-00000": "The answer is B."}).scores
+    assert s["acc"] == 100.0 and voicebench.voicebench_subset_score("openbookqa", s) == 100.0
     with pytest.raises(ValueError, match=r"row 0.*reference"):
         write_jsonl(folder / "test.jsonl", [{"audio": "audio/0.wav", "prompt": "Q?"}])
-        E.load_voicebench(folder, "openbookqa")
+        voicebench.load_voicebench(folder, "openbookqa")
     leaderboard = {"alpacaeval": 4.78, "commoneval": 4.49, "wildvoice": 4.58, "sd-qa": 75.50, "mmsu": 80.25,
                    "openbookqa": 89.23, "bbh": 84.10, "ifeval": 76.02, "advbench": 98.65}  # GPT-4o-Audio row
-    assert round(E.voicebench_overall(leaderboard), 2) == 86.75
-    assert E.voicebench_overall({"mmsu": 50.0}) is None
+    assert round(voicebench.voicebench_overall(leaderboard), 2) == 86.75
+    assert voicebench.voicebench_overall({"mmsu": 50.0}) is None
 
 
 # ------------------------------------------------------------------------------------------ outputs
@@ -571,10 +576,10 @@ def test_voicebench_loader_and_overall(tmp_path):
 def test_outputs_and_table(tmp_path):
     records = [{"id": "a", "prompt": "p", "response": "r", "extracted": "x", "correct": True}]
     E.write_predictions(tmp_path / "p.jsonl", records)
-    assert E.read_jsonl(tmp_path / "p.jsonl") == records
+    assert data.read_jsonl(tmp_path / "p.jsonl") == records
     assert E.read_responses(tmp_path / "p.jsonl") == {"a": "r"}
     E.write_scores(tmp_path / "s.json", {"acc": 1.5})
-    assert E.read_json(tmp_path / "s.json") == {"acc": 1.5}
+    assert desta.read_json(tmp_path / "s.json") == {"acc": 1.5}
     table = E.markdown_table({"DeSTA2.5": {"MMAU": 57.5, "Speech-IFEval Δ": 0.4}, "Ours": {"MMAU": 12.345}})
     lines = table.splitlines()
     assert lines[0] == "| Model | " + " | ".join(E.TABLE_I_COLUMNS) + " |"
@@ -585,9 +590,9 @@ def test_outputs_and_table(tmp_path):
 def test_cli_rescores_mmau_results(tmp_path, capsys):
     need_mmau_fixture()
     E.main(["--benchmark", "mmau", "--data", str(MMAU_RESULTS), "--out", str(tmp_path), "--model-name", "DeSTA2.5"])
-    scores = E.read_json(tmp_path / "mmau.scores.json")
+    scores = desta.read_json(tmp_path / "mmau.scores.json")
     assert round(scores["total"]["acc"], 2) == 66.00
-    preds = E.read_jsonl(tmp_path / "mmau.predictions.jsonl")
+    preds = data.read_jsonl(tmp_path / "mmau.predictions.jsonl")
     assert len(preds) == 1000 and {"id", "prompt", "response", "extracted", "correct"} <= set(preds[0])
     assert "| DeSTA2.5 | 66.00 |" in capsys.readouterr().out
 
@@ -598,7 +603,7 @@ def test_cli_rescores_a_predictions_file(tmp_path):
     scored = E.main(["--benchmark", "speech_ifeval", "--data", str(data), "--predictions",
                      str(tmp_path / "preds.jsonl"), "--out", str(tmp_path / "out")])
     assert scored.scores["closed_ended"] == 50.0
-    assert E.read_json(tmp_path / "out" / "speech_ifeval.scores.json")["creative_writing"] == 100.0
+    assert desta.read_json(tmp_path / "out" / "speech_ifeval.scores.json")["creative_writing"] == 100.0
 
 
 # ------------------------------------------------------------------------- running models: tiny, ppl
@@ -695,37 +700,37 @@ def tiny_cli(manifest, ckpt, out):
 
 def test_tiny_questions_from_the_manifest(tmp_path):
     manifest, _ = tiny_manifest(tmp_path)
-    rows = E.load_tiny(manifest)
+    rows = tiny.load_tiny(manifest)
     mcq = [r for r in rows if r["kind"] == "mcq"]
-    assert {r["attribute"] for r in mcq} == set(E.TINY_ATTRIBUTES)  # the fixture has every attribute
+    assert {r["attribute"] for r in mcq} == set(tiny.TINY_ATTRIBUTES)  # the fixture has every attribute
     assert len(mcq) == 8 + 2 + 2 + 6 and sum(r["kind"] == "if" for r in rows) == 4
     assert "audio/sound/000001.wav" not in {r["clip"] for r in rows}  # the train clip is left out
     for r in mcq:
-        assert sorted(r["choices"]) == sorted(E.TINY_ATTRIBUTES[r["attribute"]].options) and r["answer"] in r["choices"]
+        assert sorted(r["choices"]) == sorted(tiny.TINY_ATTRIBUTES[r["attribute"]].options) and r["answer"] in r["choices"]
     by_id = {r["id"]: r for r in rows}
     assert by_id["audio/music/000000.wav#Mode"]["answer"] == "minor"
     assert by_id["audio/music/000000.wav#Tempo"]["answer"] == "120 bpm"
     assert by_id["audio/speech/000000.wav#SNR"]["answer"] == "20 dB"
     assert by_id["audio/speech/000001.wav#Speakers"]["answer"] == "2"
     assert "audio/speech/000001.wav#Gender" not in by_id  # two speakers: per-speaker attributes not asked
-    assert E.load_tiny(manifest) == rows  # the option order is seeded
-    assert E.load_tiny(manifest, seed=1) != rows
+    assert tiny.load_tiny(manifest) == rows  # the option order is seeded
+    assert tiny.load_tiny(manifest, seed=1) != rows
     # the text reference reads exactly what the backbone read when it wrote the targets
     import generate
     g = by_id["audio/speech/000000.wav#Gender"]
-    p = E.tiny_prompt(g, "generate")
+    p = tiny.tiny_prompt(g, "generate")
     assert p.user == 'What is the speaker\'s gender? Choose from the following options: ' + \
         " or ".join(f'"{c}"' for c in g["choices"])
-    assert p.system == E.SYSTEM_MMAU and p.max_new_tokens == E.TINY_MCQ_MAX_NEW_TOKENS and p.options is None
+    assert p.system == E.SYSTEM_MMAU and p.max_new_tokens == tiny.TINY_MCQ_MAX_NEW_TOKENS and p.options is None
     assert E.text_messages(p, p.texts) == generate.backbone_messages(p.texts[0], p.user, p.system)
-    p = E.tiny_prompt(g)  # by likelihood (the default): the question alone, "Gender: <option>" scored
+    p = tiny.tiny_prompt(g)  # by likelihood (the default): the question alone, "Gender: <option>" scored
     assert (p.user, p.system, p.options, p.reply_prefix) == ("What is the speaker's gender?", E.SYSTEM_MCQ,
                                                              g["choices"], "Gender: ")
     # --limit takes clips in turn from each dataset: 3 clips = one speech, one sound, one music
-    assert [r["clip"] for r in E.load_tiny(manifest, limit=3) if r["kind"] == "if"] == [
+    assert [r["clip"] for r in tiny.load_tiny(manifest, limit=3) if r["kind"] == "if"] == [
         "audio/speech/000000.wav", "audio/sound/000000.wav", "audio/music/000000.wav"]
     # a perfect answer scores 100, chance is 1 / options
-    s = E.score_tiny(rows, {r["id"]: f'The correct answer is: "{r["answer"]}"' for r in mcq}).scores
+    s = tiny.score_tiny(rows, {r["id"]: f'The correct answer is: "{r["answer"]}"' for r in mcq}).scores
     assert all(a["acc"] == 100.0 for a in s["attributes"].values())
     assert s["attributes"]["Accent"]["chance"] == pytest.approx(100 / 7)
     assert s["attributes"]["Volume"]["majority"] == 50.0  # Quiet twice, Normal once, Loud once
@@ -734,11 +739,11 @@ def test_tiny_questions_from_the_manifest(tmp_path):
 
 def test_tiny_manifest_value_outside_the_table_is_named(tmp_path):
     manifest, _ = tiny_manifest(tmp_path)
-    rows = E.read_jsonl(manifest)
+    rows = data.read_jsonl(manifest)
     rows[0]["accent"] = "Martian"
     write_jsonl(manifest, rows)
     with pytest.raises(ValueError, match=r"seed_manifest.jsonl: clip audio/speech/000000.wav: Accent 'Martian'"):
-        E.load_tiny(manifest)
+        tiny.load_tiny(manifest)
 
 
 def test_tiny_end_to_end_references_and_resume(tmp_path, tiny_desta):
@@ -751,13 +756,13 @@ def test_tiny_end_to_end_references_and_resume(tmp_path, tiny_desta):
     report = tiny_cli(manifest, tiny_desta / "ckpt", out)
     systems = ("desta", "text", "cascade")
     assert list(report["systems"]) == list(systems)
-    saved = E.read_json(out / "tiny.scores.json")
+    saved = desta.read_json(out / "tiny.scores.json")
     assert saved["systems"] == report["systems"]
     for s in systems:
         sc = saved["systems"][s]
-        assert list(sc["attributes"]) == list(E.TINY_ATTRIBUTES)
+        assert list(sc["attributes"]) == list(tiny.TINY_ATTRIBUTES)
         for name, a in sc["attributes"].items():
-            assert 0.0 <= a["acc"] <= 100.0 and a["chance"] == pytest.approx(100 / len(E.TINY_ATTRIBUTES[name].options))
+            assert 0.0 <= a["acc"] <= 100.0 and a["chance"] == pytest.approx(100 / len(tiny.TINY_ATTRIBUTES[name].options))
         assert sc["attributes"]["Volume"]["n"] == 4 and sc["attributes"]["Speakers"]["n"] == 2
         assert sc["instruction_following"]["n"] == 4 and sc["instruction_following"]["rate"] is not None
         # the VAD weights the transcripts came from are recorded with the run (silero-vad version)
@@ -766,12 +771,12 @@ def test_tiny_end_to_end_references_and_resume(tmp_path, tiny_desta):
     table = (out / "tiny.md").read_text().splitlines()
     assert table[0] == ("| Attribute | n | chance | majority | DeSTA | Text-only (description) | Cascade (ASR) "
                         "| DeSTA 95% CI |")
-    assert len(table) == 2 + len(E.TINY_ATTRIBUTES) + 2
+    assert len(table) == 2 + len(tiny.TINY_ATTRIBUTES) + 2
     assert table[2].startswith("| Gender | 1 | 50.00 | 100.00 | ")
     assert table[-1].startswith("| Instruction following | 4 | - | ")
     assert all("| - |" not in line for line in table[2:-1])  # every cell filled
 
-    preds = {s: E.read_jsonl(out / f"tiny.{s}.predictions.jsonl") for s in systems}
+    preds = {s: data.read_jsonl(out / f"tiny.{s}.predictions.jsonl") for s in systems}
     for s in systems:
         assert len(preds[s]) == 22
         assert all({"id", "prompt", "response", "extracted", "correct"} <= set(r) for r in preds[s])
@@ -783,11 +788,11 @@ def test_tiny_end_to_end_references_and_resume(tmp_path, tiny_desta):
         assert transcript.strip()
 
     # the batched runs equal one prompt answered alone by the plain APIs
-    rows = {r["id"]: r for r in E.load_tiny(manifest)}
+    rows = {r["id"]: r for r in tiny.load_tiny(manifest)}
     model = desta.DeSTA.from_pretrained(tiny_desta / "ckpt").eval()
     tok = model.tokenizer
     rid = "audio/music/000000.wav#if"
-    p = E.tiny_prompt(rows[rid])
+    p = tiny.tiny_prompt(rows[rid])
     ids = tok.apply_chat_template(generate.backbone_messages(p.texts[0], p.user, p.system))
     alone = generate.generate(model.llm, [ids], 6, stop_ids=tok.stop_ids)[0]
     assert by_id["text"][rid]["response"] == tok.decode(alone, skip_special=True).strip()
@@ -797,7 +802,7 @@ def test_tiny_end_to_end_references_and_resume(tmp_path, tiny_desta):
     assert by_id["desta"][rid]["response"] == text
     # multiple choice: each option's log-probability equals the full sequence scored alone, no cache
     rid = "audio/speech/000000.wav#Accent"
-    p = E.tiny_prompt(rows[rid])
+    p = tiny.tiny_prompt(rows[rid])
     ids = tok.apply_chat_template(generate.backbone_messages(p.texts[0], p.user, p.system))
     options = [tok.encode(p.reply_prefix + o) for o in p.options]
     hand = [-nll for nll, _ in E.target_nll(model.llm, [ids] * len(options), options, tok.pad_id)]
@@ -844,14 +849,14 @@ def test_option_logprobs_share_the_prefix_exactly(tiny_desta):
 
 
 def test_system_text_needs_text_stand_ins(tmp_path, tiny_desta):
-    rows = E.load_tiny(tiny_manifest(tmp_path)[0])
-    prompts = [E.mmau_prompt({"id": "x", "question": "Q?", "choices": ["a", "b"], "audio": rows[0]["audio"]})]
+    rows = tiny.load_tiny(tiny_manifest(tmp_path)[0])
+    prompts = [mmau.mmau_prompt({"id": "x", "question": "Q?", "choices": ["a", "b"], "audio": rows[0]["audio"]})]
     bb = E.load_backbones(llm=tiny_desta / "llm", need_asr=False)
     with pytest.raises(ValueError, match="--system text needs a text stand-in for every audio; prompt x"):
         E.run_prompts(bb, "text", prompts, tmp_path / "p.jsonl", 4)
     # Speech-IFEval's text reference reads its own chat, not the <start_audio> framing
     data, _ = speech_ifeval_fixture(tmp_path)
-    p = E.speech_ifeval_prompt(E.load_speech_ifeval(data)[0])
+    p = speech_ifeval.speech_ifeval_prompt(speech_ifeval.load_speech_ifeval(data)[0])
     inputs, texts = E.prompt_inputs(bb, "text", [p])
     assert inputs == [bb.tokenizer.apply_chat_template(p.text_chat)] and texts == [["[00:00-00:01] hi"]]
 
@@ -895,13 +900,13 @@ def test_perplexity_of_targets_equals_hand_computation(tmp_path, tiny_desta):
     expected = math.exp(sum(h for h, _ in hand) / sum(n for _, n in hand))
     assert abs(scores["ppl"] - expected) < 1e-4 * expected
     assert scores["tokens"] == sum(n for _, n in hand) and scores["rows"] == 3
-    assert E.read_json(tmp_path / "out" / "ppl-train.scores.json")["ppl"] == scores["ppl"]
-    preds = E.read_jsonl(tmp_path / "out" / "ppl-train.predictions.jsonl")
+    assert desta.read_json(tmp_path / "out" / "ppl-train.scores.json")["ppl"] == scores["ppl"]
+    preds = data.read_jsonl(tmp_path / "out" / "ppl-train.predictions.jsonl")
     assert sorted(r["n"] for r in preds) == [0, 1, 2]
     assert "| llm | " in (tmp_path / "out" / "ppl-train.md").read_text()
     # resume: nothing is computed twice (and no model is needed to re-score)
     assert E.main([a if a != str(tiny_desta / "llm") else str(tmp_path / "gone") for a in args])["ppl"] == scores["ppl"]
-    assert len(E.read_jsonl(tmp_path / "out" / "ppl-train.predictions.jsonl")) == 3
+    assert len(data.read_jsonl(tmp_path / "out" / "ppl-train.predictions.jsonl")) == 3
 
 
 def test_benchmark_runs_desta_and_cascade_with_two_audio_prompts(tmp_path, tiny_desta):
@@ -929,7 +934,7 @@ def test_benchmark_runs_desta_and_cascade_with_two_audio_prompts(tmp_path, tiny_
     for system in ("desta", "cascade"):
         scored = E.main(common + ["--system", system])
         assert scored.scores["instances"].keys() == set(items)
-        preds = {r["id"]: r for r in E.read_jsonl(out / f"dynamic_superb.{system}.predictions.jsonl")}
+        preds = {r["id"]: r for r in data.read_jsonl(out / f"dynamic_superb.{system}.predictions.jsonl")}
         assert len(preds) == 2 and preds["SpeakerVerification_VCTK/00000"]["audio_texts"] == [" ", " "]
         assert {"extracted", "correct"} <= set(preds["SpeakerVerification_VCTK/00000"])
         table = (out / f"dynamic_superb.{system}.md").read_text()
@@ -938,8 +943,8 @@ def test_benchmark_runs_desta_and_cascade_with_two_audio_prompts(tmp_path, tiny_
         E.main(common + ["--system", "text"])
 
     # the two clips' vectors land in their own spans, in order, and batching changes nothing
-    rows = E.load_dynamic_superb(folder)
-    prompts = [E.dynamic_superb_prompt(r) for r in rows][::-1]  # two-audio prompt first
+    rows = dynamic_superb.load_dynamic_superb(folder)
+    prompts = [dynamic_superb.dynamic_superb_prompt(r) for r in rows][::-1]  # two-audio prompt first
     model = desta.DeSTA.from_pretrained(tiny_desta / "ckpt").eval()
     paths = [a for p in prompts for a in p.audios]
     _, mels = E.load_clips(paths, [80], "cpu")
@@ -959,12 +964,12 @@ def test_benchmark_runs_desta_and_cascade_with_two_audio_prompts(tmp_path, tiny_
 
 def test_intervals_are_wilson_and_cover_the_estimate():
     # golden values: 8/10 -> Wilson 49.0-94.3%; 0/20 -> 0.0-16.1%; the macro interval narrows with n
-    lo, hi = E.wilson_interval(80.0, 10)
+    lo, hi = tiny.wilson_interval(80.0, 10)
     assert (round(lo, 1), round(hi, 1)) == (49.0, 94.3)
-    assert tuple(round(x, 1) for x in E.wilson_interval(0.0, 20)) == (0.0, 16.1)
-    assert E.wilson_interval(50.0, 0) is None
-    small = E.macro_interval({"a": {"acc": 80.0, "n": 10}, "b": {"acc": 40.0, "n": 10}})
-    large = E.macro_interval({"a": {"acc": 80.0, "n": 1000}, "b": {"acc": 40.0, "n": 1000}})
+    assert tuple(round(x, 1) for x in tiny.wilson_interval(0.0, 20)) == (0.0, 16.1)
+    assert tiny.wilson_interval(50.0, 0) is None
+    small = tiny.macro_interval({"a": {"acc": 80.0, "n": 10}, "b": {"acc": 40.0, "n": 10}})
+    large = tiny.macro_interval({"a": {"acc": 80.0, "n": 1000}, "b": {"acc": 40.0, "n": 1000}})
     assert small[0] < large[0] < 60.0 < large[1] < small[1]
 
 

@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 import data
+from tools import hub as hub_client
 
 TOKEN = "hf_good_token"
 
@@ -137,7 +138,7 @@ def handler_for(hub: FakeHub):
 def hub(monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HF_ENDPOINT", raising=False)
-    monkeypatch.setattr(data, "HUB_CHUNK", 8192)  # several writes per file, so a cut leaves a prefix
+    monkeypatch.setattr(hub_client, "HUB_CHUNK", 8192)  # several writes per file, so a cut leaves a prefix
     fake = FakeHub()
     rng = random.Random(0)
     shard1, shard2 = rng.randbytes(300_000), rng.randbytes(200_000)
@@ -168,7 +169,7 @@ def hub(monkeypatch):
 
 def download(hub, repo_id, out, **kw):
     kw.setdefault("token", TOKEN)
-    return data.download_repo(repo_id, out, endpoint=hub.endpoint, backoff=0.001, **kw)
+    return hub_client.download_repo(repo_id, out, endpoint=hub.endpoint, backoff=0.001, **kw)
 
 
 WANTED = ["config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
@@ -222,7 +223,7 @@ def test_server_that_ignores_range_and_always_cuts_is_given_up_on(hub, tmp_path)
     name = "model-00002-of-00002.safetensors"
     hub.ignore_range = True
     hub.cut_always.add(name)
-    with pytest.raises(data.HubError, match=f"giving up.*{name}"):
+    with pytest.raises(hub_client.HubError, match=f"giving up.*{name}"):
         download(hub, "org/sharded", tmp_path / "m", retries=2)
     assert not (tmp_path / "m" / name).exists()
     cdn = [p for p, _ in hub.log if p.startswith("/cdn/") and p.endswith(name)]
@@ -241,27 +242,27 @@ def test_finished_partial_without_api_is_completed_by_416(hub, tmp_path):
 
 
 def test_bad_token_says_set_hf_token(hub, tmp_path):
-    with pytest.raises(data.HubError, match="HF_TOKEN") as e:
+    with pytest.raises(hub_client.HubError, match="HF_TOKEN") as e:
         download(hub, "org/sharded", tmp_path / "m", token="hf_wrong")
     assert e.value.status == 401
 
 
 def test_token_defaults_to_env(hub, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_wrong")
-    with pytest.raises(data.HubError, match="401"):
-        data.download_repo("org/sharded", tmp_path / "m", endpoint=hub.endpoint, backoff=0.001)
+    with pytest.raises(hub_client.HubError, match="401"):
+        hub_client.download_repo("org/sharded", tmp_path / "m", endpoint=hub.endpoint, backoff=0.001)
 
 
 def test_gated_repo_says_accept_license(hub, tmp_path):
     hub.gated.add("org/sharded")
-    with pytest.raises(data.HubError, match=r"403.*org/sharded.*license") as e:
+    with pytest.raises(hub_client.HubError, match=r"403.*org/sharded.*license") as e:
         download(hub, "org/sharded", tmp_path / "m")
     assert e.value.status == 403
     assert not [p for p in (tmp_path / "m").rglob("*") if p.is_file()]
 
 
 def test_missing_repo_is_404(hub, tmp_path):
-    with pytest.raises(data.HubError, match=r"404.*org/nope") as e:
+    with pytest.raises(hub_client.HubError, match=r"404.*org/nope") as e:
         download(hub, "org/nope", tmp_path / "m")
     assert e.value.status == 404
 
@@ -270,7 +271,7 @@ def test_missing_repo_is_404(hub, tmp_path):
 def test_corrupt_shard_is_deleted_and_named(hub, tmp_path, lie):
     name = "model-00002-of-00002.safetensors"
     hub.api_lies[("org/sharded", name)] = lie
-    with pytest.raises(data.HubError, match=name):
+    with pytest.raises(hub_client.HubError, match=name):
         download(hub, "org/sharded", tmp_path / "m")
     assert not (tmp_path / "m" / name).exists()
     assert not (tmp_path / "m" / (name + ".incomplete")).exists()
@@ -278,7 +279,7 @@ def test_corrupt_shard_is_deleted_and_named(hub, tmp_path, lie):
 
 def test_corrupt_small_file_caught_by_git_hash(hub, tmp_path):
     hub.api_lies[("org/sharded", "config.json")] = {"blobId": "1" * 40}
-    with pytest.raises(data.HubError, match=r"config\.json.*git sha1"):
+    with pytest.raises(hub_client.HubError, match=r"config\.json.*git sha1"):
         download(hub, "org/sharded", tmp_path / "m")
     assert not (tmp_path / "m" / "config.json").exists()
 
@@ -309,14 +310,14 @@ def test_retries_5xx_and_falls_back_without_api(hub, tmp_path, capsys):
 def test_gives_up_after_bounded_retries(hub, tmp_path):
     hub.api_down = True
     hub.fail_once.add("config.json")
-    with pytest.raises(data.HubError, match="giving up"):
+    with pytest.raises(hub_client.HubError, match="giving up"):
         download(hub, "org/single", tmp_path / "s", retries=0)
 
 
 def test_index_naming_a_path_outside_is_refused(hub, tmp_path):
     hub.repos["org/sharded"]["model.safetensors.index.json"] = json.dumps(
         {"weight_map": {"a": "../evil.safetensors"}}).encode()
-    with pytest.raises(data.HubError, match="evil"):
+    with pytest.raises(hub_client.HubError, match="evil"):
         download(hub, "org/sharded", tmp_path / "m")
     assert not (tmp_path / "evil.safetensors").exists()
 
@@ -326,7 +327,7 @@ def test_cli_weights_uses_env(hub, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     data.main(["weights", "--repo", "org/single", "--out", str(tmp_path)])
     assert (tmp_path / "org" / "single" / "model.safetensors").is_file()  # where desta.resolve_weights looks
-    assert set(data.WEIGHT_PRESETS["desta25"]) == {"DeSTA-ntu/Llama-3.1-8B-Instruct", "openai/whisper-large-v3",
+    assert set(hub_client.WEIGHT_PRESETS["desta25"]) == {"DeSTA-ntu/Llama-3.1-8B-Instruct", "openai/whisper-large-v3",
                                                   "DeSTA-ntu/DeSTA2.5-Audio-Llama-3.1-8B"}
 
 
@@ -336,15 +337,15 @@ def test_server_that_never_answers_is_given_up_on_in_bounded_time(tmp_path, monk
     whole repo (HUB_STALL_S), and the error says the server does not answer."""
     import socket
     import time
-    monkeypatch.setattr(data, "HUB_TIMEOUT_S", (1, 0.3))
-    monkeypatch.setattr(data, "HUB_STALL_S", 0.5)
+    monkeypatch.setattr(hub_client, "HUB_TIMEOUT_S", (1, 0.3))
+    monkeypatch.setattr(hub_client, "HUB_STALL_S", 0.5)
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(32)  # the kernel completes the handshakes; nobody ever reads or answers
     try:
         t0 = time.monotonic()
-        with pytest.raises(data.HubError, match=r"no answer from http://127\.0\.0\.1:\d+ for \d+ s"):
-            data.download_repo("org/single", tmp_path / "s", endpoint=f"http://127.0.0.1:{silent.getsockname()[1]}",
+        with pytest.raises(hub_client.HubError, match=r"no answer from http://127\.0\.0\.1:\d+ for \d+ s"):
+            hub_client.download_repo("org/single", tmp_path / "s", endpoint=f"http://127.0.0.1:{silent.getsockname()[1]}",
                                backoff=0.001)
         elapsed = time.monotonic() - t0
     finally:
@@ -367,9 +368,9 @@ def test_no_network_says_so_at_once(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(socket, "getaddrinfo", no_dns)
     t0 = time.monotonic()
-    with pytest.raises(data.HubError, match="no network: cannot resolve hub.invalid"):
-        data.download_repo("org/single", tmp_path / "s", endpoint="http://hub.invalid", backoff=0.5)
+    with pytest.raises(hub_client.HubError, match="no network: cannot resolve hub.invalid"):
+        hub_client.download_repo("org/single", tmp_path / "s", endpoint="http://hub.invalid", backoff=0.5)
     assert time.monotonic() - t0 < 0.5  # no retry waits
     assert "hub API unavailable" not in capsys.readouterr().err
-    with pytest.raises(data.DownloadError, match="no network: cannot resolve hub.invalid"):
-        data.download_file("http://hub.invalid/corpus.zip", tmp_path / "corpus.zip", backoff=0.5)
+    with pytest.raises(hub_client.DownloadError, match="no network: cannot resolve hub.invalid"):
+        hub_client.download_file("http://hub.invalid/corpus.zip", tmp_path / "corpus.zip", backoff=0.5)

@@ -153,8 +153,8 @@ def test_sound_pool_does_not_presuppose_speech_or_music(name):
 
 def test_attribute_pools_do_not_repeat_the_benchmark_questions():
     # the tiny benchmark asks its own questions; training on the same wording would blur what it measures
-    import evaluate
-    asked = {normalise(a.question) for a in evaluate.TINY_ATTRIBUTES.values()}
+    from benchmarks import tiny
+    asked = {normalise(a.question) for a in tiny.TINY_ATTRIBUTES.values()}
     for name in ATTRIBUTE_POOLS:
         same = asked & {normalise(l) for l in read_lines(name)}
         assert not same, f"{name}.txt repeats benchmark questions: {sorted(same)}"

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import data as R
+import corpus.recipes as R
+import data
+from tools import hub
 
 
 # ---- fixtures: audio and corpora in their real layouts ----
@@ -278,13 +280,13 @@ def clotho_rows(n):
 # ---- parsers: exact rows ----
 
 def test_describe_schema():
-    assert R.describe(2.3, "It's eleven o'clock", [("Emotion", "Anger"), ("Gender", "Male"), ("Age", None)]) \
+    assert data.describe(2.3, "It's eleven o'clock", [("Emotion", "Anger"), ("Gender", "Male"), ("Age", None)]) \
         == "[00:00-00:02] It's eleven o'clock (Emotion: Anger, Gender: Male)"
-    assert R.describe(0.3, "", [("Command", "silence"), ("Duration", R.seconds(0.3))]) \
+    assert data.describe(0.3, "", [("Command", "silence"), ("Duration", data.seconds(0.3))]) \
         == "[00:00-00:01] (Command: silence, Duration: 1s)"     # a sub-second clip still spans a second
-    assert R.describe(26.5, "", [(None, "Someone opening a door")]) == "[00:00-00:27] (Someone opening a door)"
-    assert R.describe(125.0, "hi") == "[00:00-02:05] hi"          # no attributes: no parentheses
-    assert [R.format_timestamp(s) for s in (0.49, 0.5, 59.5, 61.2)] == ["00:00", "00:01", "01:00", "01:01"]
+    assert data.describe(26.5, "", [(None, "Someone opening a door")]) == "[00:00-00:27] (Someone opening a door)"
+    assert data.describe(125.0, "hi") == "[00:00-02:05] hi"          # no attributes: no parentheses
+    assert [data.format_timestamp(s) for s in (0.49, 0.5, 59.5, 61.2)] == ["00:00", "00:01", "01:00", "01:01"]
 
 
 def test_esc50_rows(tmp_path):
@@ -475,17 +477,17 @@ def test_download_verifies_checksums(server, tmp_path):
     body = blob(300_000)
     server.files["/a.bin"] = body
     md5, sha = hashlib.md5(body).hexdigest(), hashlib.sha256(body).hexdigest()
-    out = R.download_file(server.url("/a.bin"), tmp_path / "a.bin", sha256=sha, md5=md5, size=len(body), backoff=0)
+    out = hub.download_file(server.url("/a.bin"), tmp_path / "a.bin", sha256=sha, md5=md5, size=len(body), backoff=0)
     assert out.read_bytes() == body and not (tmp_path / "a.bin.incomplete").exists()
-    R.download_file(server.url("/a.bin"), tmp_path / "a.bin", md5=md5, size=len(body), backoff=0)
+    hub.download_file(server.url("/a.bin"), tmp_path / "a.bin", md5=md5, size=len(body), backoff=0)
     assert len(server.requests("/a.bin")) == 1  # a final file is verified: not fetched again
 
 
 @pytest.mark.parametrize("kind", ["md5", "sha256"])
 def test_download_wrong_checksum_is_an_error_naming_the_file(server, tmp_path, kind):
     server.files["/corpus.tar.gz"] = blob(5000)
-    with pytest.raises(R.DownloadError, match=rf"corpus.tar.gz: {kind} mismatch .* expected {'0' * 8}"):
-        R.download_file(server.url("/corpus.tar.gz"), tmp_path / "corpus.tar.gz", **{kind: "0" * 64}, backoff=0)
+    with pytest.raises(hub.DownloadError, match=rf"corpus.tar.gz: {kind} mismatch .* expected {'0' * 8}"):
+        hub.download_file(server.url("/corpus.tar.gz"), tmp_path / "corpus.tar.gz", **{kind: "0" * 64}, backoff=0)
     assert list(tmp_path.iterdir()) == []  # neither the final name nor the corrupt partial is left
 
 
@@ -493,7 +495,7 @@ def test_download_resumes_after_a_dropped_connection(server, tmp_path):
     body = blob(3_000_000, seed=1)
     server.files["/big.bin"] = body
     server.drop["/big.bin"] = [1_500_000]
-    out = R.download_file(server.url("/big.bin"), tmp_path / "big.bin", md5=hashlib.md5(body).hexdigest(),
+    out = hub.download_file(server.url("/big.bin"), tmp_path / "big.bin", md5=hashlib.md5(body).hexdigest(),
                           backoff=0)
     assert out.read_bytes() == body
     first, second = server.requests("/big.bin")
@@ -506,28 +508,28 @@ def test_download_resumes_a_partial_file_from_an_earlier_run(server, tmp_path):
     body = blob(50_000, seed=2)
     server.files["/x.bin"] = body
     (tmp_path / "x.bin.incomplete").write_bytes(body[:12_345])
-    R.download_file(server.url("/x.bin"), tmp_path / "x.bin", size=len(body), backoff=0)
+    hub.download_file(server.url("/x.bin"), tmp_path / "x.bin", size=len(body), backoff=0)
     assert (tmp_path / "x.bin").read_bytes() == body and server.requests("/x.bin") == ["bytes=12345-"]
 
 
 def test_download_retries_server_errors_but_not_404(server, tmp_path):
     server.files["/flaky.bin"] = b"ok" * 100
     server.fail["/flaky.bin"] = [503, 503]
-    R.download_file(server.url("/flaky.bin"), tmp_path / "flaky.bin", backoff=0)
+    hub.download_file(server.url("/flaky.bin"), tmp_path / "flaky.bin", backoff=0)
     assert len(server.requests("/flaky.bin")) == 3
-    with pytest.raises(R.DownloadError, match=r"HTTP 404 .*/missing.bin") as e:
-        R.download_file(server.url("/missing.bin"), tmp_path / "missing.bin", backoff=0)
+    with pytest.raises(hub.DownloadError, match=r"HTTP 404 .*/missing.bin") as e:
+        hub.download_file(server.url("/missing.bin"), tmp_path / "missing.bin", backoff=0)
     assert e.value.status == 404 and len(server.requests("/missing.bin")) == 1
     server.files["/dead.bin"] = b"z" * 1000
     server.drop["/dead.bin"] = [0, 0, 0]  # hangs up before any byte, every time
-    with pytest.raises(R.DownloadError, match="giving up on dead.bin"):
-        R.download_file(server.url("/dead.bin"), tmp_path / "dead.bin", retries=2, backoff=0)
+    with pytest.raises(hub.DownloadError, match="giving up on dead.bin"):
+        hub.download_file(server.url("/dead.bin"), tmp_path / "dead.bin", retries=2, backoff=0)
 
 
 def test_download_size_mismatch_is_an_error(server, tmp_path):
     server.files["/s.bin"] = b"x" * 100
-    with pytest.raises(R.DownloadError, match=r"s.bin: server has 100 bytes, expected 101"):
-        R.download_file(server.url("/s.bin"), tmp_path / "s.bin", size=101, backoff=0)
+    with pytest.raises(hub.DownloadError, match=r"s.bin: server has 100 bytes, expected 101"):
+        hub.download_file(server.url("/s.bin"), tmp_path / "s.bin", size=101, backoff=0)
 
 
 # ---- prepare end to end: archive served locally -> unpack -> parse -> manifest ----
@@ -582,7 +584,7 @@ def test_prepare_with_a_corrupt_archive_names_it(server, tmp_path):
     server.files["/esc50.tar.gz"] = b"not really an archive"
     recipe = dataclasses.replace(R.RECIPES["esc50"], sources=(
         R.Source(server.url("/esc50.tar.gz"), "ESC-50-master.tar.gz", md5="f" * 32),))
-    with pytest.raises(R.DownloadError, match="ESC-50-master.tar.gz: md5 mismatch"):
+    with pytest.raises(hub.DownloadError, match="ESC-50-master.tar.gz: md5 mismatch"):
         R.prepare(recipe, tmp_path, backoff=0)
 
 
@@ -615,7 +617,7 @@ def test_crema_d_fetch_checks_each_clip_against_its_lfs_pointer(server, tmp_path
     wrong = hashlib.sha256(b"other bytes").hexdigest()
     server.files["/raw/AudioWAV/1001_IEO_ANG_HI.wav"] = (
         f"version https://git-lfs.github.com/spec/v1\noid sha256:{wrong}\nsize {len(clip1)}\n".encode())
-    with pytest.raises(R.DownloadError, match=f"1001_IEO_ANG_HI.wav: sha256 mismatch .*expected {wrong}"):
+    with pytest.raises(hub.DownloadError, match=f"1001_IEO_ANG_HI.wav: sha256 mismatch .*expected {wrong}"):
         R.fetch_crema_d(root / "crema_d", raw_base=server.url("/raw/"), media_base=server.url("/media/"),
                         workers=1, backoff=0)
     assert not (root / "crema_d" / "AudioWAV" / "1001_IEO_ANG_HI.wav").exists()

@@ -72,20 +72,20 @@ def test_attribute_prompts_are_added_without_changing_the_general_choice():
 
 
 def test_target_coverage_counts_stated_and_correct_attributes():
-    import evaluate
+    from benchmarks import tiny
     seeds = [{"id": "m.wav", "gender": "Male", "accent": "American", "volume": "Loud"},
              {"id": "f.wav", "gender": "Female", "volume": "Quiet"}]
     rows = [{"id": "m.wav", "response": "The speaker is a man with an American accent."},
             {"id": "m.wav", "response": "It is loud. Is it male or female? Hard to say."},
             {"id": "f.wav", "response": "A female voice, quite quiet."},
             {"id": "f.wav", "response": "Nothing to say."}]
-    cov = evaluate.target_coverage(rows, seeds)
+    cov = tiny.target_coverage(rows, seeds)
     assert cov["Gender"] == {"n": 4, "stated": 75.0, "correct": 50.0}     # both genders named: stated, not correct
     assert cov["Accent"] == {"n": 2, "stated": 50.0, "correct": 50.0}
     assert cov["Volume"] == {"n": 4, "stated": 50.0, "correct": 50.0}
-    assert "Speakers" not in cov and "| Gender | 4 | 75.0 | 50.0 |" in evaluate.coverage_table(cov)
+    assert "Speakers" not in cov and "| Gender | 4 | 75.0 | 50.0 |" in tiny.coverage_table(cov)
     with pytest.raises(ValueError, match="no clip in the seed manifest"):
-        evaluate.target_coverage([{"id": "x.wav", "response": ""}], seeds)
+        tiny.target_coverage([{"id": "x.wav", "response": ""}], seeds)
 
 
 def test_balanced_prompts_per_clip_upsample_small_corpora():
