@@ -278,3 +278,31 @@ def test_bad_training_rows_are_named_when_read(random_backbones, tmp_path, chang
     with pytest.raises(data.ManifestError, match=f"train.jsonl:3: row 'audio/2.wav': {why}"):
         train.main(args(random_backbones, manifest, tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_other_clips_gives_every_audio_another_clip():
+    assert train.other_clips(["a", "a", "a", "b", "b", "b"]) == [3, 4, 5, 0, 1, 2]  # K=3 prompts per clip
+    assert train.other_clips(["a", "b", "c"]) == [1, 2, 0]
+    assert train.other_clips(["a", "a"]) is None and train.other_clips(["a"]) is None
+
+
+def test_validation_measures_whether_the_audio_is_used(random_backbones, tmp_path):
+    """The other-audio gap is nonzero for an adapter that reads the clip and exactly zero for one that
+    passes a constant soft prompt (the collapsed phase of a run)."""
+    from contextlib import nullcontext
+
+    import data
+    manifest = write_tiny_training_set(tmp_path / "data")
+    cfg = train.parse_config(args(random_backbones, manifest, tmp_path / "run", eval_batches=2, eval_samples=0,
+                                  batch_size=4))
+    torch.manual_seed(0)
+    model = desta.DeSTA.from_config(train.model_config(cfg))
+    rows = data.read_jsonl(manifest)
+    v = train.validate(model, rows, cfg, "cpu", nullcontext(), model.whisper.cfg.n_mels)
+    assert v["other_audio_gap"] is not None and abs(v["other_audio_gap"]) > 1e-4, v
+    const = torch.randn(1, model.cfg.prompt_size, model.llm.cfg.dim)
+    model.connector.forward = lambda taps, mask=None: const.expand(taps[0].shape[0], -1, -1)
+    v = train.validate(model, rows, cfg, "cpu", nullcontext(), model.whisper.cfg.n_mels)
+    assert v["other_audio_gap"] == pytest.approx(0.0, abs=1e-6), v
+    one_clip = [dict(r, messages=rows[0]["messages"]) for r in rows]  # every row the same clip: no gap to measure
+    assert train.validate(model, one_clip, cfg, "cpu", nullcontext(), model.whisper.cfg.n_mels)["other_audio_gap"] is None
