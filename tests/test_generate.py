@@ -164,6 +164,8 @@ def test_shared_prefix_prefill_gives_the_same_tokens(tiny):
     assert generate.generate(ours, prompts, batch_size=4, **sampled) == \
         [generate.generate(ours, [p], seeds=[i], **{k: v for k, v in sampled.items() if k != "seeds"})[0]
          for i, p in enumerate(prompts)]
+
+
 def test_a_group_joins_a_running_batch_whole(tiny, monkeypatch):
     """Continuous batching refills one or two slots at a time; a clip's K prompts must still be prefilled
     together, or the ones that come later find no leader and run their shared prefix again."""
