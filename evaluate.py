@@ -36,6 +36,8 @@ Scored(records, scores), where `responses` maps a row id to the model's raw text
 Where the official scorer is not rule-based (SAKURA, the chain-of-thought part of Speech-IFEval) the judge
 runs only when configured (EVAL_JUDGE_* variables).
 """
+from __future__ import annotations
+
 import argparse
 import importlib
 import json
@@ -45,6 +47,7 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +55,10 @@ import torch.nn.functional as F
 import data
 import desta
 import generate
+
+if TYPE_CHECKING:  # asr/ is tooling beside the scripts: imported lazily, where load_backbones needs it
+    from asr.vad import SileroVAD
+    from asr.whisper import Whisper
 
 # -----------------------------------------------------------------------------------------------------
 # 0. Shared pieces
@@ -246,8 +253,8 @@ class Backbones:
     llm: desta.Llama
     tokenizer: desta.Tokenizer
     model: desta.DeSTA = None       # the fusion model (None: text systems only)
-    asr: desta.Whisper = None       # VAD + ASR give the transcripts (desta, cascade)
-    vad: desta.SileroVAD = None
+    asr: Whisper = None             # VAD + ASR give the transcripts (desta, cascade)
+    vad: SileroVAD = None
     transcripts: dict = None        # audio path -> transcript, shared by every system in a run
     language: str = None            # forced ASR language; None: detected per clip (the authors' code)
 
@@ -277,11 +284,13 @@ def load_backbones(checkpoint=None, llm=None, asr=None, need_asr=True, dtype=tor
         asr = asr or (model.cfg.encoder_model_id if model is not None else None)
         if asr is None:
             raise ValueError("transcripts need a Whisper ASR folder (--asr)")
+        from asr.vad import SileroVAD
+        from asr.whisper import Whisper
         asr_dir = desta.resolve_weights(asr)
-        bb.asr = desta.Whisper.from_pretrained(asr_dir, encoder_dtype, device)
+        bb.asr = Whisper.from_pretrained(asr_dir, encoder_dtype, device)
         if model is not None and asr_dir == desta.resolve_weights(model.cfg.encoder_model_id):
             model.whisper = bb.asr.encoder  # one copy of the encoder serves both
-        bb.vad = desta.SileroVAD.from_pretrained()
+        bb.vad = SileroVAD.from_pretrained()
     return bb
 
 

@@ -26,12 +26,17 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 import data
 import desta
+
+if TYPE_CHECKING:  # asr/ is tooling beside the scripts: imported lazily, where inference loads it
+    from asr.vad import SileroVAD
+    from asr.whisper import Whisper
 
 # -----------------------------------------------------------------------------------------------
 # Sampling
@@ -473,7 +478,7 @@ def merge_parts(out, seed_rows: list[dict], pools: dict[str, list[str]], k: int,
 
 
 @torch.no_grad()
-def transcribe_if_speech(waves: list, mel: torch.Tensor, vad: desta.SileroVAD | None, asr: desta.Whisper | None,
+def transcribe_if_speech(waves: list, mel: torch.Tensor, vad: SileroVAD | None, asr: Whisper | None,
                          given: list | None = None, vad_with_given: bool = True, language: str | None = None,
                          max_new_tokens: int = 128) -> list[str]:
     """The authors' inference (modeling_desta25.generate): the VAD runs on every clip, and a clip
@@ -700,11 +705,13 @@ def load_for_inference(checkpoint, dtype=torch.float32, encoder_dtype=torch.floa
     -> (model, asr or None, vad)."""
     model = desta.DeSTA.from_pretrained(desta.resolve_weights(checkpoint), dtype=dtype, device=device,
                                         encoder_dtype=encoder_dtype).eval()
+    from asr.vad import SileroVAD
+    from asr.whisper import Whisper
     asr = None
     if need_asr:
-        asr = desta.Whisper.from_pretrained(desta.resolve_weights(model.cfg.encoder_model_id), encoder_dtype, device)
+        asr = Whisper.from_pretrained(desta.resolve_weights(model.cfg.encoder_model_id), encoder_dtype, device)
         model.whisper = asr.encoder  # one copy of the encoder serves both
-    return model, asr, desta.SileroVAD.from_pretrained()
+    return model, asr, SileroVAD.from_pretrained()
 
 
 def main_infer(argv):

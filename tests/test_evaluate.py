@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import data  # noqa: E402
 import desta  # noqa: E402
 import evaluate as E  # noqa: E402
+from asr.vad import SILERO_VAD_VERSION  # noqa: E402
 from benchmarks import (  # noqa: E402
     common, dynamic_superb, ifeval, mmau, sakura, speech_ifeval, tiny, voicebench,
 )
@@ -767,7 +768,7 @@ def test_tiny_end_to_end_references_and_resume(tmp_path, tiny_desta):
         assert sc["instruction_following"]["n"] == 4 and sc["instruction_following"]["rate"] is not None
         # the VAD weights the transcripts came from are recorded with the run (silero-vad version)
         assert report["run"][s] | {"seconds": 0} == {"system": s, "prompts": 22, "resumed": 0, "generated": 22,
-                                                     "seconds": 0, "vad": f"silero-vad {desta.SILERO_VAD_VERSION} silero_vad.jit"}
+                                                     "seconds": 0, "vad": f"silero-vad {SILERO_VAD_VERSION} silero_vad.jit"}
     table = (out / "tiny.md").read_text().splitlines()
     assert table[0] == ("| Attribute | n | chance | majority | DeSTA | Text-only (description) | Cascade (ASR) "
                         "| DeSTA 95% CI |")

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import desta
+from asr.whisper import Whisper
 
 transformers = pytest.importorskip("transformers")
 TOL = 1e-4  # fp32, max abs
@@ -197,7 +198,7 @@ def test_whisper_decoder_incremental_parity(tmp_path):
     """Decoding in two cached steps gives the logits transformers computes for the whole sequence."""
     ref = save_whisper(tmp_path, layers=2)
     cfg = desta.WhisperConfig.from_hf(json.loads((tmp_path / "config.json").read_text()))
-    ours = desta.empty_model(desta.Whisper, cfg, torch.float32, "cpu")
+    ours = desta.empty_model(Whisper, cfg, torch.float32, "cpu")
     desta.load_weights(ours, tmp_path, ignore=("proj_out.",))
     mel, tokens = torch.randn(2, 80, 3000), torch.randint(0, 100, (2, 12))
     with torch.no_grad():

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 
 import desta
 import generate
+from asr.vad import SILERO_VAD_VERSION
+from asr.whisper import Whisper
 
 transformers = pytest.importorskip("transformers")
 
@@ -86,7 +88,7 @@ def hf_whisper(folder):
 def test_multilingual_whisper_detects_the_language_as_transformers(multilingual_whisper):
     """No language given: each clip's language is detected (sot -> likeliest language token), then
     sot, language, transcribe, notimestamps; same ids and text as transformers' generate."""
-    ours = desta.Whisper.from_pretrained(multilingual_whisper)
+    ours = Whisper.from_pretrained(multilingual_whisper)
     ref, tok = hf_whisper(multilingual_whisper)
     mel = random_mel(3)
     texts, langs = ours.transcribe(mel, max_new_tokens=20, return_languages=True)
@@ -100,7 +102,7 @@ def test_multilingual_whisper_detects_the_language_as_transformers(multilingual_
 
 
 def test_forced_language_and_english_only_prompt(multilingual_whisper, tiny_weights):
-    ours = desta.Whisper.from_pretrained(multilingual_whisper)
+    ours = Whisper.from_pretrained(multilingual_whisper)
     ref, tok = hf_whisper(multilingual_whisper)
     mel = random_mel(2, seed=1)
     texts, langs = ours.transcribe(mel, max_new_tokens=12, language="fr", return_languages=True)
@@ -111,7 +113,7 @@ def test_forced_language_and_english_only_prompt(multilingual_whisper, tiny_weig
     with pytest.raises(ValueError, match="not one of"):
         ours.transcribe(mel, language="xx")
     # an English-only model keeps its fixed prompt and has no language to detect
-    en = desta.Whisper.from_pretrained(tiny_weights / "openai" / "whisper-tiny.en")
+    en = Whisper.from_pretrained(tiny_weights / "openai" / "whisper-tiny.en")
     assert en.lang_to_id == {} and en.prompt() == [50257, 50362]
     with pytest.raises(ValueError, match="English-only"):
         en.transcribe(mel[:1], language="fr")
@@ -435,7 +437,7 @@ def test_generate_cli_matches_the_official_pipeline(tmp_path, multilingual_whisp
     assert [r["transcription"] for r in ours] == transcripts
     assert [r["response_ids"] for r in ours] == answer_ids
     assert [r["response"] for r in ours] == texts
-    assert all(r["vad"] == f"silero-vad {desta.SILERO_VAD_VERSION} silero_vad.jit" for r in ours)
+    assert all(r["vad"] == f"silero-vad {SILERO_VAD_VERSION} silero_vad.jit" for r in ours)
     # a given transcription: the VAD still runs, the silent clip gets " "
     given = "A given text , isn't it ?"
     ours = run_generate_cli(tmp_path, clips, prompt, ckpt, n, "--transcription", given)

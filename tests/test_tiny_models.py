@@ -7,6 +7,7 @@ import torch
 import data
 import desta
 import generate
+from asr.whisper import Whisper
 from conftest import FIXTURES
 
 transformers = pytest.importorskip("transformers")
@@ -71,7 +72,7 @@ def test_smollm2_greedy_generation_matches(smol):
 @pytest.fixture(scope="module")
 def whisper(tiny_weights):
     path = tiny_weights / "openai" / "whisper-tiny.en"
-    return path, desta.Whisper.from_pretrained(path)
+    return path, Whisper.from_pretrained(path)
 
 
 def jfk():

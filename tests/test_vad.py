@@ -1,4 +1,4 @@
-"""Silero VAD reimplementation (desta.SileroVAD) vs the silero-vad wheel's own TorchScript model.
+"""Silero VAD reimplementation (asr/vad.py's SileroVAD) vs the silero-vad wheel's own TorchScript model.
 
 Needs the silero-vad wheel (weights + reference) and, for the real-audio checks, ../shared/fixtures.
 """
@@ -15,8 +15,8 @@ import torch
 
 import data
 from conftest import FIXTURES
-from desta import (SILERO_JIT_FILE, SILERO_SAFETENSORS_FILE, VAD_WINDOW, SileroVAD, segments_from_probs,
-                   silero_data_file)
+from asr.vad import (SILERO_JIT_FILE, SILERO_SAFETENSORS_FILE, SILERO_VAD_VERSION, VAD_WINDOW, SileroVAD,
+                     segments_from_probs, silero_data_file, silero_wheel_version)
 
 SR = 16000
 MAX_ABS_ERR = 1e-4
@@ -190,10 +190,9 @@ def test_jit_reader_rejects_foreign_pickles(tmp_path):
 def test_weights_version_is_pinned_and_recorded(vad):
     """The weights come from one silero-vad release (they change between releases), pinned in
     requirements-models.txt and recorded as the VAD's source, which outputs carry."""
-    import desta
     root = Path(__file__).resolve().parents[1]
-    assert f"silero-vad=={desta.SILERO_VAD_VERSION}" in (root / "requirements-models.txt").read_text()
-    assert desta.silero_wheel_version() == desta.SILERO_VAD_VERSION
-    assert vad.source == f"silero-vad {desta.SILERO_VAD_VERSION} {SILERO_JIT_FILE}"
+    assert f"silero-vad=={SILERO_VAD_VERSION}" in (root / "requirements-models.txt").read_text()
+    assert silero_wheel_version() == SILERO_VAD_VERSION
+    assert vad.source == f"silero-vad {SILERO_VAD_VERSION} {SILERO_JIT_FILE}"
     path = silero_data_file(SILERO_SAFETENSORS_FILE)
     assert SileroVAD.from_pretrained(path).source == path  # an explicit file is recorded as given
