@@ -59,6 +59,7 @@ class TrainConfig:
     lr: float = 1e-4
     betas: tuple = (0.9, 0.98)
     weight_decay: float = 0.01
+    proj_lr_scale: float = 1.0    # the adapter's projection into the LLM learns at lr x this (bench/exp4_tiny.md)
     warmup_steps: int = 5000
     min_lr: float = 0.0
     max_steps: int = 0            # 0: derive from epochs
@@ -166,6 +167,8 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
             raise SystemExit(f"--{key}={getattr(cfg, key)}: must be at least {low}")
     if not cfg.lr > 0:
         raise SystemExit(f"--lr={cfg.lr}: must be positive")
+    if not cfg.proj_lr_scale >= 0:
+        raise SystemExit(f"--proj_lr_scale={cfg.proj_lr_scale}: must be 0 (a frozen projection) or more")
     if not all(0 <= b < 1 for b in cfg.betas):
         raise SystemExit(f"--betas={','.join(map(str, cfg.betas))}: each must be in [0, 1)")
     return cfg
@@ -431,7 +434,13 @@ def main(argv: list[str] | None = None) -> dict:
     amp = torch.autocast(device_type="cuda" if cuda else "cpu", dtype=amp_dtype) if amp_dtype else nullcontext()
     params = [p for p in model.parameters() if p.requires_grad]  # the adapter (+ LoRA factors)
     lora_params = [p for n, p in model.llm.named_parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+    # The projection (LayerNorm + Linear into the LLM) may learn slower than the rest: on the tiny preset
+    # it first grows the direction all clips share until the audio vectors are a constant prompt
+    # (bench/exp4_tiny.md). Each group's lr is the schedule's times its lr_scale.
+    proj_ids = {id(p) for p in model.connector.proj.parameters()}
+    groups = [dict(params=[p for p in params if id(p) not in proj_ids], lr_scale=1.0),
+              dict(params=[p for p in params if id(p) in proj_ids], lr_scale=cfg.proj_lr_scale)]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
                             fused=cuda)
     log(f"adapter: {desta.count_parameters(model):,} trainable parameters; taps {model.taps}; "
         f"backbones {str(dtype).removeprefix('torch.')} ({why}), autocast {amp_dtype}; world {world}; device {device}")
@@ -512,7 +521,7 @@ def main(argv: list[str] | None = None) -> dict:
         it = iter(loader)
         while step < total and batch_in_epoch + accum <= len(batches):
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, cfg, total)
+                g["lr"] = lr_at(step, cfg, total) * g["lr_scale"]
             loss_sum, ids = 0.0, []
             for micro in range(accum):
                 batch = next(it)

@@ -159,6 +159,19 @@ def test_lora_ablation_trains(random_backbones, tmp_path):
     assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # B left zero = LoRA never trained
 
 
+def test_projection_learns_at_its_own_rate(random_backbones, tmp_path):
+    """--proj_lr_scale=0 freezes the LayerNorm + Linear into the LLM (weight decay included: AdamW's decay
+    is scaled by the group's lr) while the Q-Former and its queries still learn; a negative scale is refused."""
+    manifest = write_tiny_training_set(tmp_path / "data")
+    out = tmp_path / "run"
+    train.main(args(random_backbones, manifest, out, max_steps=4, save_every=2, proj_lr_scale=0))
+    a, b = (desta.DeSTA.from_pretrained(out / f"ckpt-0000000{s}").connector for s in (2, 4))
+    assert all(torch.equal(p, q) for p, q in zip(a.proj.parameters(), b.proj.parameters()))
+    assert not torch.equal(a.layer_prompts[0], b.layer_prompts[0])
+    assert not all(torch.equal(p, q) for p, q in zip(a.qformer.parameters(), b.qformer.parameters()))
+    with pytest.raises(SystemExit, match="^--proj_lr_scale=-1.0: must be 0"):
+        train.parse_config(["--proj_lr_scale=-1"])
+
 def test_small_or_empty_manifest_trains_or_stops(random_backbones, tmp_path):
     """8 rows in 4 micro-batches with 8 accumulation steps asked for once hung (no step ever filled):
     it trains, accumulating what there is; an empty manifest is an error. Subprocesses, so a hang fails."""
