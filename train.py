@@ -436,10 +436,13 @@ def main(argv: list[str] | None = None) -> dict:
     lora_params = [p for n, p in model.llm.named_parameters() if p.requires_grad]
     # The projection (LayerNorm + Linear into the LLM) may learn slower than the rest: on the tiny preset
     # it first grows the direction all clips share until the audio vectors are a constant prompt
-    # (bench/exp4_tiny.md). Each group's lr is the schedule's times its lr_scale.
-    proj_ids = {id(p) for p in model.connector.proj.parameters()}
-    groups = [dict(params=[p for p in params if id(p) not in proj_ids], lr_scale=1.0),
-              dict(params=[p for p in params if id(p) in proj_ids], lr_scale=cfg.proj_lr_scale)]
+    # (bench/exp4_tiny.md). Each group's lr is the schedule's times its lr_scale. At scale 1 there is one
+    # group, the paper's optimizer, so checkpoints written before this option resume unchanged.
+    groups = [dict(params=params, lr_scale=1.0)]
+    if cfg.proj_lr_scale != 1.0:
+        proj_ids = {id(p) for p in model.connector.proj.parameters()}
+        groups = [dict(params=[p for p in params if id(p) not in proj_ids], lr_scale=1.0),
+                  dict(params=[p for p in params if id(p) in proj_ids], lr_scale=cfg.proj_lr_scale)]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
                             fused=cuda)
     log(f"adapter: {desta.count_parameters(model):,} trainable parameters; taps {model.taps}; "
@@ -476,6 +479,9 @@ def main(argv: list[str] | None = None) -> dict:
         if changes:
             log(f"note: resuming {ckpt} with changed settings: {'; '.join(changes)}")
         model.load_adapter(ckpt)
+        if len(state["optimizer"]["param_groups"]) != len(opt.param_groups):  # --proj_lr_scale 1 <-> other
+            raise SystemExit(f"{ckpt}: its optimizer has {len(state['optimizer']['param_groups'])} parameter "
+                             f"group(s), this run's {len(opt.param_groups)} (--proj_lr_scale); train into a new --out_dir")
         opt.load_state_dict(state["optimizer"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         set_rng_state(load_state(ckpt / f"rng-{rank}.pt"))
@@ -521,7 +527,7 @@ def main(argv: list[str] | None = None) -> dict:
         it = iter(loader)
         while step < total and batch_in_epoch + accum <= len(batches):
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, cfg, total) * g["lr_scale"]
+                g["lr"] = lr_at(step, cfg, total) * g.get("lr_scale", 1.0)  # older checkpoints: no lr_scale
             loss_sum, ids = 0.0, []
             for micro in range(accum):
                 batch = next(it)

@@ -171,6 +171,8 @@ def test_projection_learns_at_its_own_rate(random_backbones, tmp_path):
     assert not all(torch.equal(p, q) for p, q in zip(a.qformer.parameters(), b.qformer.parameters()))
     with pytest.raises(SystemExit, match="^--proj_lr_scale=-1.0: must be 0"):
         train.parse_config(["--proj_lr_scale=-1"])
+    with pytest.raises(SystemExit, match="ckpt-00000004: its optimizer has 2 parameter group"):  # 0 -> 1
+        train.main(args(random_backbones, manifest, out, max_steps=6, save_every=2, allow_changes="true"))
 
 def test_small_or_empty_manifest_trains_or_stops(random_backbones, tmp_path):
     """8 rows in 4 micro-batches with 8 accumulation steps asked for once hung (no step ever filled):
