@@ -360,14 +360,20 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, rows, pos, k, v):  # rows (B,) cache rows; pos (B, T) positions; k, v (B, Hkv, T, hd)
+    def update(self, rows, pos, k, v):
+        """Store k, v (B, Hkv, T, hd) at positions pos (B, T) of cache rows `rows` (B,), or of rows 0..B-1 if
+        rows is None; -> the keys and values those rows now hold, (B, Hkv, S, hd) each."""
         _, H, S, hd = self.k.shape
+        r = torch.arange(k.shape[0], device=k.device) if rows is None else rows
         # flat row index of every (row, head, position): one index_copy_ instead of a slow
         # multi-dimensional advanced-index write
         heads = torch.arange(H, device=k.device)[None, :, None]
-        idx = ((rows[:, None, None] * H + heads) * S + pos[:, None, :]).flatten()
+        idx = ((r[:, None, None] * H + heads) * S + pos[:, None, :]).flatten()
         self.k.view(-1, hd).index_copy_(0, idx, k.reshape(-1, hd))
         self.v.view(-1, hd).index_copy_(0, idx, v.reshape(-1, hd))
+        if rows is None and k.shape[0] == self.k.shape[0]:
+            return self.k, self.v   # every row (the decode step): no gather
+        return self.k[r], self.v[r]
 
 
 class LlamaAttention(nn.Module):
@@ -380,18 +386,14 @@ class LlamaAttention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x, cos, sin, mask, write=None, read_cache=False):
+    def forward(self, x, cos, sin, mask, cache_at=None):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if write is not None:  # (rows, pos): where this step's keys/values go in the cache
-            self.kv_cache.update(*write, k, v)
-        if read_cache is True:  # decode: attend over the whole cache; the mask hides unused positions
-            k, v = self.kv_cache.k, self.kv_cache.v
-        elif read_cache is not False:  # rows (B,): these cache rows only (a prefill after a shared prefix)
-            k, v = self.kv_cache.k[read_cache], self.kv_cache.v[read_cache]
+        if cache_at is not None:  # (rows, pos): store this step's keys/values, attend over the rows' cache
+            k, v = self.kv_cache.update(*cache_at, k, v)
         # GQA: SDPA broadcasts each KV head over its query group, no repeated copies in memory
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
@@ -416,8 +418,8 @@ class LlamaBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = LlamaMLP(cfg)
 
-    def forward(self, x, cos, sin, mask, write=None, read_cache=False):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, write, read_cache)
+    def forward(self, x, cos, sin, mask, cache_at=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache_at)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -452,23 +454,28 @@ class Llama(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
         self.checkpoint_layers = False  # recompute each layer in backward (big batches, little memory)
 
-    def hidden(self, tokens=None, embeds=None, attn_mask=None, pos=None, mask=None, write=None, read_cache=False):
+    def hidden(self, tokens=None, embeds=None, attn_mask=None, input_pos=None, rows=None):
         """Final normed hidden states (B, T, dim).
 
         tokens (B, T) ids, or embeds (B, T, dim) (DeSTA splices audio vectors into these).
-        Plain use: attn_mask (B, T) bool marks real tokens (default: all); RoPE positions and the causal
-        mask are derived from it. With a KV cache (generate.py) the caller passes pos (B, T) positions,
-        mask (B, 1, T, keys), write=(rows (B,), pos (B, T)) to store this step's keys/values, and
-        read_cache=True to attend over the whole cache instead of this step's keys only (or a rows tensor:
-        over those cache rows, for a batch that is not every slot).
+        Without a cache: attn_mask (B, T) bool marks real tokens (default: all); RoPE positions and the
+        causal mask come from it. With the KV cache (setup_cache; generate.py): input_pos (B, T) are these
+        tokens' positions; their keys/values are stored there, in cache rows `rows` (B,) (default: rows
+        0..B-1), and each token attends to its row's cached positions up to its own. So a prompt prefills
+        at positions 0..T-1 (right padding writes past the end, where nothing reads until it is
+        overwritten), a decode step runs one token per row at its length, and a row that holds a copied
+        prefix (copy_cache) goes on from the prefix's length.
         """
         x = self.embed_tokens(tokens) if embeds is None else embeds
         B, T, _ = x.shape
-        if mask is None:
+        if input_pos is None:
             if attn_mask is None:
                 attn_mask = torch.ones(B, T, dtype=torch.bool, device=x.device)
-            mask = padding_mask(attn_mask)
-            pos = positions_from_mask(attn_mask) if pos is None else pos
+            mask, pos, cache_at = padding_mask(attn_mask), positions_from_mask(attn_mask), None
+        else:
+            S = self.layers[0].self_attn.kv_cache.k.shape[2]
+            mask = (torch.arange(S, device=x.device) <= input_pos[..., None])[:, None]   # (B, 1, T, S)
+            pos, cache_at = input_pos, (rows, input_pos)
         angles = pos[..., None].float() * rope_inv_freq(self.cfg, x.device)  # (B, T, hd/2), fp32
         angles = torch.cat((angles, angles), dim=-1)[:, None]                 # (B, 1, T, hd)
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
@@ -476,7 +483,7 @@ class Llama(nn.Module):
             if self.checkpoint_layers and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, mask, write, read_cache)
+                x = layer(x, cos, sin, mask, cache_at)
         return self.norm(x)
 
     def forward(self, tokens=None, embeds=None, attn_mask=None, **kw) -> torch.Tensor:
@@ -488,6 +495,14 @@ class Llama(nn.Module):
         for layer in self.layers:
             layer.self_attn.kv_cache = KVCache(batch, self.cfg.n_kv_heads, max_len, self.cfg.head_dim,
                                                dtype or p.dtype, device or p.device)
+
+    def copy_cache(self, src: torch.Tensor, dst: torch.Tensor, length: int | None = None):
+        """Cache rows src -> rows dst (index tensors, or src one row for many), positions [0, length):
+        a prompt prefix computed once (one clip's K prompts, one clip's questions) is reused, not rerun."""
+        for layer in self.layers:
+            c = layer.self_attn.kv_cache
+            c.k[dst, :, :length] = c.k[src, :, :length]
+            c.v[dst, :, :length] = c.v[src, :, :length]
 
     def drop_cache(self):
         for layer in self.layers:

@@ -403,20 +403,13 @@ def option_logprobs(llm, contexts, options):
     device, positions = first.device, torch.arange(L + Ts, device=first.device)
     llm.setup_cache(R, L + Ts)
     try:
-        if L:  # the shared prefix, once
-            pos = positions[None, :L]
-            mask = torch.ones(L, L, dtype=torch.bool, device=device).tril()[None, None]
-            llm.hidden(embeds=first[None, :L], pos=pos, mask=mask, write=(torch.zeros(1, dtype=torch.long, device=device), pos))
-            for layer in llm.layers:
-                cache = layer.self_attn.kv_cache
-                cache.k[1:, :, :L] = cache.k[:1, :, :L]
-                cache.v[1:, :, :L] = cache.v[:1, :, :L]
+        if L:  # the shared prefix, once, into row 0, then copied to every row
+            llm.hidden(embeds=first[None, :L], input_pos=positions[None, :L])
+            llm.copy_cache(0, torch.arange(1, R, device=device), L)
         x = torch.zeros(R, Ts, first.shape[-1], dtype=first.dtype, device=device)
         for r, s in enumerate(suffixes):
             x[r, :len(s)] = s                                 # right padding: only later (padded) queries see it
-        pos = positions[L:].expand(R, Ts)
-        mask = (positions[None, None, :] <= pos[:, :, None])[:, None]          # (R, 1, Ts, L + Ts): prefix + causal
-        h = llm.hidden(embeds=x, pos=pos, mask=mask, write=(torch.arange(R, device=device), pos), read_cache=True)
+        h = llm.hidden(embeds=x, input_pos=positions[L:].expand(R, Ts))       # (R, Ts, dim)
     finally:
         llm.drop_cache()
     # option token k of row r is predicted at suffix position (context length - L - 1) + k

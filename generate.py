@@ -155,9 +155,7 @@ class Engine:
         for i, n in enumerate(shared):
             leader[i] = i if n == 0 else leader[i - 1]
         src, dst = rows[[leader[i] for i in rest]], rows[rest]
-        for layer in self.llm.layers:  # the shared keys/values: copied, not recomputed
-            c = layer.self_attn.kv_cache
-            c.k[dst], c.v[dst] = c.k[src], c.v[src]
+        self.llm.copy_cache(src, dst)  # the shared keys/values: copied, not recomputed
         starts = torch.tensor([shared[i] for i in rest], device=self.device)
         logits[rest], lengths[rest] = self._prefill_rest(dst, [prompts[i] for i in rest], starts)
         return logits, lengths
@@ -170,8 +168,7 @@ class Engine:
         tokens = torch.zeros(len(prompts), T, dtype=torch.long, device=self.device)
         for i, (p, s) in enumerate(zip(prompts, starts.tolist())):
             tokens[i, :len(p) - s] = torch.as_tensor(p[s:])
-        mask = (self.positions[None, None, :] <= pos[:, :, None])[:, None]   # (n, 1, T, S): prefix + causal
-        h = self.llm.hidden(tokens, pos=pos, mask=mask, write=(rows, pos), read_cache=rows)
+        h = self.llm.hidden(tokens, input_pos=pos, rows=rows)
         last = h[torch.arange(len(prompts), device=self.device), lens - starts - 1]
         return self.llm.lm_head(last), lens
 
@@ -181,28 +178,23 @@ class Engine:
         T = int(lens.max())
         if T > self.S:
             raise ValueError(f"prompt of {T} tokens does not fit the cache ({self.S}); raise max_len")
-        pos = self.positions[:T].expand(len(prompts), T)
-        valid = pos < lens[:, None]                                              # (n, T) right padding
-        mask = (torch.ones(T, T, dtype=torch.bool, device=self.device).tril() & valid[:, None, :])[:, None]
+        pos = self.positions[:T].expand(len(prompts), T)                        # right padding: never read
         if isinstance(prompts[0], torch.Tensor):                                 # DeSTA: embeddings
             embeds = torch.zeros(len(prompts), T, prompts[0].shape[-1], dtype=prompts[0].dtype, device=self.device)
             for i, p in enumerate(prompts):
                 embeds[i, :len(p)] = p
-            h = self.llm.hidden(embeds=embeds.to(self.llm.embed_tokens.weight.dtype), pos=pos, mask=mask, write=(rows, pos))
+            h = self.llm.hidden(embeds=embeds.to(self.llm.embed_tokens.weight.dtype), input_pos=pos, rows=rows)
         else:
             tokens = torch.zeros(len(prompts), T, dtype=torch.long, device=self.device)
             for i, p in enumerate(prompts):
                 tokens[i, :len(p)] = torch.as_tensor(p)
-            h = self.llm.hidden(tokens, pos=pos, mask=mask, write=(rows, pos))
+            h = self.llm.hidden(tokens, input_pos=pos, rows=rows)
         last = h[torch.arange(len(prompts), device=self.device), lens - 1]       # only these need logits
         return self.llm.lm_head(last), lens
 
     def _decode_step(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """tokens (B,) at positions `lengths` (B,) -> logits (B, V); writes their keys/values."""
-        pos = lengths[:, None]
-        mask = (self.positions[None, :] <= pos)[:, None, None, :]              # (B, 1, 1, S)
-        rows = torch.arange(self.B, device=self.device)
-        h = self.llm.hidden(tokens[:, None], pos=pos, mask=mask, write=(rows, pos), read_cache=True)
+        h = self.llm.hidden(tokens[:, None], input_pos=lengths[:, None])        # every slot, one token each
         return self.llm.lm_head(h[:, 0])
 
     # -- the scheduler -------------------------------------------------------------------------
@@ -619,7 +611,8 @@ def main_selfgen(argv):
     ap.add_argument("--llm", required=True, help="backbone LLM folder (HF layout) or repo id under weights/")
     ap.add_argument("--out", required=True, help="training manifest to write (jsonl, DeSTA-AQA5M layout)")
     ap.add_argument("--split", default=None, help="only seed rows of this split")
-    ap.add_argument("--k", type=at_least_one, default=4, help="prompts per clip from the general pools")
+    ap.add_argument("--k", type=int, default=4,
+                    help="prompts per clip from the general pools (0: attribute prompts alone, with --k-attributes)")
     ap.add_argument("--k-attributes", type=int, default=0,
                     help="more prompts per clip from the attribute pools (one property per question)")
     ap.add_argument("--balance", action="store_true",
@@ -655,6 +648,8 @@ def main_selfgen(argv):
     k = balanced_k(rows, a.k) if a.balance else a.k
     if a.k_attributes < 0:
         ap.error(f"--k-attributes must be 0 or more, got {a.k_attributes}")
+    if a.k < 0 or a.k + a.k_attributes == 0:
+        ap.error(f"--k must be 0 or more, and --k plus --k-attributes at least 1; got {a.k} and {a.k_attributes}")
     if a.fixed_prompt and a.k_attributes:
         ap.error("--fixed-prompt is the one-prompt ablation: leave out --k-attributes")
     if a.fixed_prompt:
