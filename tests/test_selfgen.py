@@ -69,6 +69,20 @@ def test_attribute_prompts_are_added_without_changing_the_general_choice():
         assert both == generate.choose_prompts(clip, pools, 2, seed=1, k_attributes=3)   # seeded: resumable
     assert len(generate.choose_prompts(speech, pools, 1, seed=1, k_attributes=100)) == 1 + 10 - (
         "speech prompt 0" in generate.choose_prompts(speech, pools, 1, seed=1))      # capped at the pool
+    only = generate.choose_prompts(speech, pools, 0, seed=1, k_attributes=3)   # --k 0: the attribute pool alone
+    assert len(set(only)) == 3 and all(p in pools["speech_attributes"] for p in only)
+
+
+def test_no_prompts_at_all_is_refused(tmp_path):
+    seed_manifest(tmp_path / "seeds.jsonl", n=2)
+    r = run(selfgen_cmd(tmp_path / "no-llm", tmp_path / "seeds.jsonl", tmp_path / "o.jsonl", "--source", "template",
+                        "--k", "0"))
+    assert r.returncode != 0 and "--k plus --k-attributes at least 1" in r.stderr
+    assert not (tmp_path / "o.jsonl").exists()
+    r = run(selfgen_cmd(tmp_path / "no-llm", tmp_path / "seeds.jsonl", tmp_path / "o.jsonl", "--source", "template",
+                        "--k", "0", "--k-attributes", "2"))
+    assert r.returncode == 0, r.stderr
+    assert len(data.read_jsonl(tmp_path / "o.jsonl")) == 4
 
 
 def test_target_coverage_counts_stated_and_correct_attributes():
