@@ -648,8 +648,10 @@ def main_selfgen(argv):
     k = balanced_k(rows, a.k) if a.balance else a.k
     if a.k_attributes < 0:
         ap.error(f"--k-attributes must be 0 or more, got {a.k_attributes}")
-    if a.k < 0 or a.k + a.k_attributes == 0:
-        ap.error(f"--k must be 0 or more, and --k plus --k-attributes at least 1; got {a.k} and {a.k_attributes}")
+    if a.k < 0:
+        ap.error(f"argument --k: must be 0 or more, got {a.k}")
+    if a.k + a.k_attributes == 0:
+        ap.error("--k 0 takes the attribute pools alone: --k plus --k-attributes must be at least 1")
     if a.fixed_prompt and a.k_attributes:
         ap.error("--fixed-prompt is the one-prompt ablation: leave out --k-attributes")
     if a.fixed_prompt:

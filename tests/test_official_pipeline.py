@@ -398,7 +398,8 @@ def run_generate_cli(tmp_path, clips, prompt, ckpt, n, *extra):
     import sys
     out = tmp_path / f"out{len(extra)}.jsonl"
     run = subprocess.run([sys.executable, "generate.py", "--audio", *map(str, clips), "--prompt", prompt,
-                          "--checkpoint", str(ckpt), "--max-new-tokens", str(n), "--out", str(out), *extra],
+                          "--checkpoint", str(ckpt), "--max-new-tokens", str(n), "--out", str(out),
+                          "--dtype", "fp32", *extra],   # the reference runs in fp32; auto picks bf16 on some CPUs
                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-3000:]

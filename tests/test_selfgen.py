@@ -77,7 +77,7 @@ def test_no_prompts_at_all_is_refused(tmp_path):
     seed_manifest(tmp_path / "seeds.jsonl", n=2)
     r = run(selfgen_cmd(tmp_path / "no-llm", tmp_path / "seeds.jsonl", tmp_path / "o.jsonl", "--source", "template",
                         "--k", "0"))
-    assert r.returncode != 0 and "--k plus --k-attributes at least 1" in r.stderr
+    assert r.returncode != 0 and "--k plus --k-attributes must be at least 1" in r.stderr
     assert not (tmp_path / "o.jsonl").exists()
     r = run(selfgen_cmd(tmp_path / "no-llm", tmp_path / "seeds.jsonl", tmp_path / "o.jsonl", "--source", "template",
                         "--k", "0", "--k-attributes", "2"))
@@ -229,7 +229,7 @@ def test_rerun_with_other_settings_is_refused(random_backbones, tmp_path):
     assert len(data.read_jsonl(out)) == 8
 
 
-@pytest.mark.parametrize("flag", [("--batch-size", "0"), ("--max-new-tokens", "0"), ("--k", "0"), ("--top-p", "1.5"),
+@pytest.mark.parametrize("flag", [("--batch-size", "0"), ("--max-new-tokens", "0"), ("--k", "-1"), ("--top-p", "1.5"),
                                   ("--temperature", "-1")])
 def test_sizes_that_do_nothing_are_errors(tmp_path, flag):
     seed_manifest(tmp_path / "seeds.jsonl", n=2)
