@@ -363,17 +363,17 @@ class KVCache(nn.Module):
     def update(self, rows, pos, k, v):
         """Store k, v (B, Hkv, T, hd) at positions pos (B, T) of cache rows `rows` (B,), or of rows 0..B-1 if
         rows is None; -> the keys and values those rows now hold, (B, Hkv, S, hd) each."""
-        _, H, S, hd = self.k.shape
-        r = torch.arange(k.shape[0], device=k.device) if rows is None else rows
+        B, H, S, hd = k.shape[0], *self.k.shape[1:]
+        r = torch.arange(B, device=k.device) if rows is None else rows
         # flat row index of every (row, head, position): one index_copy_ instead of a slow
         # multi-dimensional advanced-index write
         heads = torch.arange(H, device=k.device)[None, :, None]
         idx = ((r[:, None, None] * H + heads) * S + pos[:, None, :]).flatten()
         self.k.view(-1, hd).index_copy_(0, idx, k.reshape(-1, hd))
         self.v.view(-1, hd).index_copy_(0, idx, v.reshape(-1, hd))
-        if rows is None and k.shape[0] == self.k.shape[0]:
-            return self.k, self.v   # every row (the decode step): no gather
-        return self.k[r], self.v[r]
+        if rows is None:
+            return self.k[:B], self.v[:B]   # the first B rows (every slot in a decode step): a view, no gather
+        return self.k[rows], self.v[rows]
 
 
 class LlamaAttention(nn.Module):

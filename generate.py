@@ -635,6 +635,14 @@ def main_selfgen(argv):
                     help="who writes the targets: the backbone LLM (the method), or a fixed template that restates "
                     "the seed description whatever the prompt (the comparison study; no LLM runs)")
     a = ap.parse_args(argv)
+    if a.k_attributes < 0:
+        ap.error(f"--k-attributes must be 0 or more, got {a.k_attributes}")
+    if a.k < 0:
+        ap.error(f"argument --k: must be 0 or more, got {a.k}")
+    if a.k + a.k_attributes == 0:
+        ap.error("--k 0 takes the attribute pools alone: --k plus --k-attributes must be at least 1")
+    if a.fixed_prompt and a.k_attributes:
+        ap.error("--fixed-prompt is the one-prompt ablation: leave out --k-attributes")
     out = Path(a.out)
     rank, world = dist_setup()
     rows = data.read_jsonl(a.seeds, required=("id", "seed_description"))
@@ -646,14 +654,6 @@ def main_selfgen(argv):
     rows = [r for r in rows if a.split is None or r.get("split") == a.split]
     rows = data.evenly_spread(rows, a.limit)
     k = balanced_k(rows, a.k) if a.balance else a.k
-    if a.k_attributes < 0:
-        ap.error(f"--k-attributes must be 0 or more, got {a.k_attributes}")
-    if a.k < 0:
-        ap.error(f"argument --k: must be 0 or more, got {a.k}")
-    if a.k + a.k_attributes == 0:
-        ap.error("--k 0 takes the attribute pools alone: --k plus --k-attributes must be at least 1")
-    if a.fixed_prompt and a.k_attributes:
-        ap.error("--fixed-prompt is the one-prompt ablation: leave out --k-attributes")
     if a.fixed_prompt:
         pools = {"speech": [a.fixed_prompt], "sound": [a.fixed_prompt]}
     else:
