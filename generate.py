@@ -396,6 +396,16 @@ def training_row(seed_row: dict, prompt: str, response: str, system: str = desta
     return row
 
 
+def cut_at_stop(text: str, stop: str | None) -> tuple[str, bool]:
+    """An answer ends at the first `stop` text after its first words (a stop string, as in vLLM's `stop`):
+    -> (the text before it, whether it was found). A small backbone often states what was asked in its
+    first paragraph and then runs on into text no clip could predict; the stop keeps the first part."""
+    text = text.strip()
+    if not stop or stop not in text:
+        return text, False
+    return text[:text.index(stop)].rstrip(), True
+
+
 def row_seed(seed: int, clip_id: str, prompt: str) -> int:
     """Each (clip, prompt) pair samples with its own noise: resumed or sharded runs write the same text."""
     return int.from_bytes(hashlib.sha256(f"{seed}\0{clip_id}\0{prompt}".encode()).digest()[:4], "little")
@@ -409,9 +419,11 @@ def self_generate(llm: desta.Llama, tok: desta.Tokenizer, seed_rows: list[dict],
                   out, k: int = 4, seed: int = 42, sampling: Sampling = SELFGEN_SAMPLING, batch_size: int = 16,
                   rank: int = 0, world: int = 1, system: str = desta.DEFAULT_SYSTEM,
                   continuous: bool = True, log_every: float = 10.0, compile: bool = False,
-                  k_attributes: int = 0) -> dict:
+                  k_attributes: int = 0, stop: str | None = None) -> dict:
     """Write this rank's share of the (clip, prompt) pairs to `<out>.part<rank>`, skipping pairs that
-    any part file already holds. Rows are appended as they finish. Returns counts and speed."""
+    any part file already holds. Rows are appended as they finish. Returns counts and speed.
+    stop: end each answer at this text (cut_at_stop). The cut is made on the decoded text when the
+    sequence ends (at a stop token or the cap), so it costs no host sync per step but saves no decoding."""
     out = Path(out)
     pairs = [(row, p) for row in seed_rows for p in choose_prompts(row, pools, k, seed, k_attributes)]
     done = {(r["id"], r["prompt"]) for part in out.parent.glob(f"{out.name}.part*")
@@ -425,8 +437,9 @@ def self_generate(llm: desta.Llama, tok: desta.Tokenizer, seed_rows: list[dict],
     def on_finish(i, tokens):
         nonlocal last_log
         row, prompt = mine[i]
-        writer.append(training_row(row, prompt, tok.decode(tokens, skip_special=True).strip(), system,
-                                   finished=len(tokens) < sampling.max_new_tokens))
+        response, stopped = cut_at_stop(tok.decode(tokens, skip_special=True), stop)
+        writer.append(training_row(row, prompt, response, system,
+                                   finished=stopped or len(tokens) < sampling.max_new_tokens))
         stats["rows"] += 1
         stats["tokens"] += len(tokens)
         if time.time() - last_log >= log_every or stats["rows"] == len(mine):
@@ -577,6 +590,15 @@ def non_negative(text: str) -> float:
     return t
 
 
+def stop_text(text: str) -> str:
+    """argparse type for --stop: a shell passes '\\n' as two characters. An empty stop would cut every answer
+    to nothing."""
+    stop = text.replace("\\n", "\n").replace("\\t", "\t")
+    if not stop:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return stop
+
+
 def duplicate_ids(rows: list[dict]) -> dict[str, int]:
     """{id: count} for ids that occur more than once."""
     counts: dict[str, int] = {}
@@ -626,6 +648,9 @@ def main_selfgen(argv):
     ap.add_argument("--max-new-tokens", type=at_least_one, default=SELFGEN_SAMPLING.max_new_tokens)
     ap.add_argument("--temperature", type=non_negative, default=SELFGEN_SAMPLING.temperature)
     ap.add_argument("--top-p", type=probability, default=SELFGEN_SAMPLING.top_p)
+    ap.add_argument("--stop", type=stop_text, default=None,
+                    help="end each answer at the first occurrence of this text, e.g. '\\n\\n' (the first paragraph); "
+                    "\\n and \\t are read as a newline and a tab")
     ap.add_argument("--batch-size", type=at_least_one, default=16)
     ap.add_argument("--dtype", choices=["auto", *sorted(DTYPES)], default="auto",
                     help="auto: bf16 on a GPU or a CPU whose bf16 matmul beats fp32 (AMX), else fp32")
@@ -663,7 +688,8 @@ def main_selfgen(argv):
                          sound_attributes=data.load_prompts(a.sound_attribute_prompts))
     settings = {"source": a.source, "seed": a.seed}
     if a.source == "backbone":
-        settings.update(llm=str(a.llm), max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p)
+        settings.update(llm=str(a.llm), max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
+                        stop=a.stop)
     check_selfgen_settings(out, settings, write=rank == 0)
     if a.source == "template":  # same (clip, prompt) pairs as the backbone would get; instant
         written = [training_row(r, p, data.templated_answer(r["seed_description"]))
@@ -683,7 +709,7 @@ def main_selfgen(argv):
     tok = desta.Tokenizer.from_pretrained(llm_dir)
     sampling = Sampling(a.max_new_tokens, a.temperature, a.top_p)
     stats = self_generate(llm, tok, rows, pools, out, k, a.seed, sampling, a.batch_size, rank, world,
-                          compile=a.compile, k_attributes=a.k_attributes)
+                          compile=a.compile, k_attributes=a.k_attributes, stop=a.stop)
     print(f"selfgen rank {rank}: wrote {stats['rows']} rows, {stats['tokens']} tokens in {stats['seconds']:.1f} s",
           file=sys.stderr)
     if world > 1:

@@ -218,7 +218,8 @@ def test_rerun_with_other_settings_is_refused(random_backbones, tmp_path):
     assert run(selfgen_cmd(llm, tmp_path / "seeds.jsonl", out, "--limit", "2")).returncode == 0
     for extra, why in [(("--max-new-tokens", "20"), "max_new_tokens=12 (now 20)"),
                        (("--temperature", "0.7"), "temperature=0.05 (now 0.7)"),
-                       (("--source", "template"), "source='backbone' (now 'template')")]:
+                       (("--source", "template"), "source='backbone' (now 'template')"),
+                       (("--stop", "x"), "stop=None (now 'x')")]:
         cmd = selfgen_cmd(llm, tmp_path / "seeds.jsonl", out)
         r = run(cmd[:cmd.index("--max-new-tokens")] + ["--batch-size", "4", "--max-new-tokens", "12", *extra])
         assert r.returncode == 1 and f"rows.jsonl was generated with other settings: {why}" in r.stderr, r.stderr
@@ -227,6 +228,31 @@ def test_rerun_with_other_settings_is_refused(random_backbones, tmp_path):
     r = run(selfgen_cmd(llm, tmp_path / "seeds.jsonl", out))  # the same settings: resumes the other clips
     assert r.returncode == 0, r.stderr
     assert len(data.read_jsonl(out)) == 8
+
+
+def test_stop_text_ends_each_answer_where_it_first_occurs(random_backbones, tmp_path):
+    """--stop keeps each answer up to the first occurrence of the text, marked finished; the rest of the row
+    is what the same run without a stop writes (the sampling noise is per row, so the tokens are the same)."""
+    assert generate.cut_at_stop("\n\nA (Gender: Male)\n\nThe video is", "\n\n") == ("A (Gender: Male)", True)
+    assert generate.cut_at_stop(" no paragraph ", "\n\n") == ("no paragraph", False)
+    seed_manifest(tmp_path / "seeds.jsonl", n=6)
+    llm = random_backbones / "llm"
+    assert run(selfgen_cmd(llm, tmp_path / "seeds.jsonl", tmp_path / "plain.jsonl")).returncode == 0
+    plain = data.read_jsonl(tmp_path / "plain.jsonl")
+    stop = plain[0]["response"][3:5]  # a piece of text the random backbone writes
+    r = run(selfgen_cmd(llm, tmp_path / "seeds.jsonl", tmp_path / "cut.jsonl", "--stop", stop))
+    assert r.returncode == 0, r.stderr
+    cut = data.read_jsonl(tmp_path / "cut.jsonl")
+    assert [(c["id"], c["prompt"]) for c in cut] == [(p["id"], p["prompt"]) for p in plain]
+    n_cut = 0
+    for p, c in zip(plain, cut):
+        want, found = generate.cut_at_stop(p["response"], stop)
+        assert c["response"] == want
+        assert c.get("finished", True) == (found or p.get("finished", True))
+        n_cut += found
+    assert n_cut >= 1
+    r = run(selfgen_cmd(llm, tmp_path / "seeds.jsonl", tmp_path / "e.jsonl", "--stop", ""))
+    assert r.returncode == 2 and "argument --stop: must not be empty" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("flag", [("--batch-size", "0"), ("--max-new-tokens", "0"), ("--k", "-1"), ("--top-p", "1.5"),
