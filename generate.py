@@ -574,6 +574,14 @@ def at_least_one(text: str) -> int:
     return n
 
 
+def at_least_zero(text: str) -> int:
+    """argparse type for counts where 0 means "none of these" (--k, --k-attributes)."""
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
+    return n
+
+
 def probability(text: str) -> float:
     """argparse type for --top-p: 0 (greedy) .. 1 (the whole distribution)."""
     p = float(text)
@@ -633,9 +641,9 @@ def main_selfgen(argv):
     ap.add_argument("--llm", required=True, help="backbone LLM folder (HF layout) or repo id under weights/")
     ap.add_argument("--out", required=True, help="training manifest to write (jsonl, DeSTA-AQA5M layout)")
     ap.add_argument("--split", default=None, help="only seed rows of this split")
-    ap.add_argument("--k", type=int, default=4,
+    ap.add_argument("--k", type=at_least_zero, default=4,
                     help="prompts per clip from the general pools (0: attribute prompts alone, with --k-attributes)")
-    ap.add_argument("--k-attributes", type=int, default=0,
+    ap.add_argument("--k-attributes", type=at_least_zero, default=0,
                     help="more prompts per clip from the attribute pools (one property per question)")
     ap.add_argument("--balance", action="store_true",
                     help="upsample small corpora: up to 4k prompts per clip, towards the largest corpus's rows")
@@ -660,10 +668,6 @@ def main_selfgen(argv):
                     help="who writes the targets: the backbone LLM (the method), or a fixed template that restates "
                     "the seed description whatever the prompt (the comparison study; no LLM runs)")
     a = ap.parse_args(argv)
-    if a.k_attributes < 0:
-        ap.error(f"--k-attributes must be 0 or more, got {a.k_attributes}")
-    if a.k < 0:
-        ap.error(f"argument --k: must be 0 or more, got {a.k}")
     if a.k + a.k_attributes == 0:
         ap.error("--k 0 takes the attribute pools alone: --k plus --k-attributes must be at least 1")
     if a.fixed_prompt and a.k_attributes:

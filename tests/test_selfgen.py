@@ -255,7 +255,7 @@ def test_stop_text_ends_each_answer_where_it_first_occurs(random_backbones, tmp_
     assert r.returncode == 2 and "argument --stop: must not be empty" in r.stderr, r.stderr
 
 
-@pytest.mark.parametrize("flag", [("--batch-size", "0"), ("--max-new-tokens", "0"), ("--k", "-1"), ("--top-p", "1.5"),
+@pytest.mark.parametrize("flag", [("--batch-size", "0"), ("--max-new-tokens", "0"), ("--k", "-1"), ("--k-attributes", "-1"), ("--top-p", "1.5"),
                                   ("--temperature", "-1")])
 def test_sizes_that_do_nothing_are_errors(tmp_path, flag):
     seed_manifest(tmp_path / "seeds.jsonl", n=2)
