@@ -47,11 +47,11 @@ class TrainConfig:
     val_manifest: str = "data_tiny/validation.jsonl"
     data_root: str = "data_tiny"
     out_dir: str = "runs/tiny"
-    # adapter (SPEC 4)
-    qformer_layers: int = 2
+    # adapter (SPEC 4), under the names of the official config.json (desta.DeSTAConfig)
+    qformer_num_hidden_layers: int = 2
     qformer_ffn_dim: int = 3072
     prompt_size: int = 64
-    taps: str = ""                # encoder layers the Q-Former reads, e.g. "1,3"; "" = every quarter of the encoder
+    target_layer_ids: str = ""    # the taps: encoder layers the Q-Former reads, e.g. "1,3"; "" = every quarter
     mask_audio_padding: bool = False  # Q-Former reads only the clip's frames, not the 30 s padding (DeSTAConfig)
     crop_encoder_input: bool = False  # Whisper too reads only the clip, rounded up to whole seconds (DeSTAConfig)
     feature_cache: str = ""       # cached encoder taps (data.FeatureCache), relative to data_root; "" = stream audio
@@ -77,7 +77,7 @@ class TrainConfig:
     compile: bool = False
     checkpoint_layers: bool = False
     loss_chunk: int = 1024
-    lora: bool = False            # the paper's ablation C1/C2: LoRA on the LLM's q/k/v as well
+    use_lora: bool = False        # the paper's ablation C1/C2: LoRA on the LLM's q/k/v as well
     # visibility and safety
     log_every: int = 10
     eval_every: int = 500
@@ -92,6 +92,8 @@ class TrainConfig:
     wandb: str = ""               # a project name enables wandb logging, if installed
     peak_tflops: float = 0.0      # the GPU's dense bf16 peak for MFU; 0 = from the device name (H100/H200/A100)
     allow_changes: bool = False   # resume even where the settings differ from the checkpoint's (see RESUME_FREE)
+    init_adapter: str = ""        # start from this adapter folder (official layout: a released DeSTA2.5 model or
+                                  # an earlier run's ckpt-*) instead of a fresh one; a fresh optimizer and schedule
 
 
 # settings a resumed run may change: they decide what is logged, evaluated and kept, and how fast it
@@ -117,20 +119,22 @@ PRESETS = {
     # (1.56x the samples/s of 64 on all 4); Whisper and the Q-Former read only the clip's frames
     # (DeSTAConfig.crop_encoder_input), and the taps come from the feature cache (computed once)
     "tiny": dict(lr=1e-3, warmup_steps=10, epochs=1, batch_size=8, global_batch=16, num_workers=1,
-                 prompt_size=32, taps="1,3", mask_audio_padding=True, crop_encoder_input=True,
+                 prompt_size=32, target_layer_ids="1,3", mask_audio_padding=True, crop_encoder_input=True,
                  feature_cache=data.FEATURES_DIR,
                  eval_every=100, eval_max_new_tokens=48, save_every=100),
     "desta25": dict(llm="DeSTA-ntu/Llama-3.1-8B-Instruct", encoder="openai/whisper-large-v3",
                     train_manifest="data/train.jsonl", val_manifest="data/validation.jsonl", data_root="data",
-                    out_dir="runs/desta25", qformer_layers=6, num_workers=6, eval_every=5000, save_every=5000),
+                    out_dir="runs/desta25", qformer_num_hidden_layers=6, num_workers=6, eval_every=5000, save_every=5000),
 }
 
 
+# earlier names of fields, still read on the command line
+RENAMED = {"qformer_layers": "qformer_num_hidden_layers", "taps": "target_layer_ids", "lora": "use_lora"}
 BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 # the smallest value each field may take (more would be a silent 0-step run or a division by zero)
 MINIMUM = dict(batch_size=1, global_batch=1, epochs=1, max_steps=0, warmup_steps=0, num_workers=0, log_every=1,
                eval_every=1, eval_batches=0, eval_samples=0, eval_max_new_tokens=1, save_every=1, keep_last=1,
-               max_seq_len=1, val_max_seq_len=1, loss_chunk=1, qformer_layers=1, qformer_ffn_dim=1,
+               max_seq_len=1, val_max_seq_len=1, loss_chunk=1, qformer_num_hidden_layers=1, qformer_ffn_dim=1,
                prompt_size=1, skip_check_after=0)
 
 
@@ -169,6 +173,8 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         raise SystemExit(f"--lr={cfg.lr}: must be positive")
     if not cfg.proj_lr_scale >= 0:
         raise SystemExit(f"--proj_lr_scale={cfg.proj_lr_scale}: must be 0 (a frozen projection) or more")
+    if cfg.target_layer_ids and not all(t.strip().isdigit() for t in cfg.target_layer_ids.split(",")):
+        raise SystemExit(f"--target_layer_ids={cfg.target_layer_ids}: expected encoder layer numbers, e.g. 1,3")
     if not all(0 <= b < 1 for b in cfg.betas):
         raise SystemExit(f"--betas={','.join(map(str, cfg.betas))}: each must be in [0, 1)")
     return cfg
@@ -186,20 +192,38 @@ def parse_config(argv: list[str]) -> TrainConfig:
     values = dict(PRESETS[preset])
     known = {f.name for f in fields(TrainConfig)}
     for k, v in args.items():
-        if k not in known:
+        name = RENAMED.get(k, k)
+        if name not in known:
             raise SystemExit(f"unknown config key --{k} (known: {', '.join(sorted(known))})")
-        values[k] = parse_value(k, v, getattr(TrainConfig, k))
+        values[name] = parse_value(k, v, getattr(TrainConfig, name))  # the error names the flag as typed
     return check_config(TrainConfig(**values))
 
 
 def model_config(cfg: TrainConfig) -> desta.DeSTAConfig:
     """The DeSTA model a training config builds (backbones + adapter shape)."""
     return desta.DeSTAConfig(llm_model_id=cfg.llm, encoder_model_id=cfg.encoder,
-                             qformer_num_hidden_layers=cfg.qformer_layers, prompt_size=cfg.prompt_size,
-                             qformer_ffn_dim=cfg.qformer_ffn_dim, use_lora=cfg.lora,
+                             qformer_num_hidden_layers=cfg.qformer_num_hidden_layers, prompt_size=cfg.prompt_size,
+                             qformer_ffn_dim=cfg.qformer_ffn_dim, use_lora=cfg.use_lora,
                              mask_audio_padding=cfg.mask_audio_padding or cfg.crop_encoder_input,
                              crop_encoder_input=cfg.crop_encoder_input,
-                             target_layer_ids=[int(t) for t in cfg.taps.split(",")] if cfg.taps else None)
+                             target_layer_ids=[int(t) for t in cfg.target_layer_ids.split(",")] if cfg.target_layer_ids else None)
+
+
+def check_init_adapter(folder: Path, model: desta.DeSTA) -> None:
+    """--init_adapter must hold an adapter that computes what this run's does: same taps, queries, depth
+    and padding mode (a tensor's shape alone cannot tell taps 1,3 from 0,2)."""
+    if not (folder / "config.json").is_file():
+        raise SystemExit(f"--init_adapter={folder}: no config.json (expected an adapter folder, e.g. a run's ckpt-*)")
+    saved = desta.DeSTAConfig.from_json(folder / "config.json")
+    ours = model.cfg
+    differ = [f"{k}={getattr(saved, k)!r} (this run {getattr(ours, k)!r})"
+              for k in ("qformer_num_hidden_layers", "prompt_size", "mask_audio_padding", "use_lora")
+              if getattr(saved, k) != getattr(ours, k)]
+    saved_taps = saved.target_layer_ids or desta.TAPS_BY_DEPTH.get(model.whisper.cfg.encoder_layers)
+    if list(saved_taps or []) != list(model.taps):
+        differ.append(f"target_layer_ids={saved_taps} (this run {model.taps})")
+    if differ:
+        raise SystemExit(f"--init_adapter={folder}: another adapter shape: {'; '.join(differ)}")
 
 
 def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
@@ -465,9 +489,13 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"data: {len(rows)} rows, micro-batch {cfg.batch_size} x {accum} accumulation x {world} ranks "
         f"= {cfg.batch_size * accum * world} per step; {steps_per_epoch} steps/epoch; {total} steps")
 
-    # ---- resume
+    # ---- resume, or start from a given adapter
     step, epoch, batch_in_epoch = 0, 0, 0
     ckpt = latest_checkpoint(out_dir, world, warn=master)
+    if cfg.init_adapter and ckpt is None:
+        check_init_adapter(Path(cfg.init_adapter), model)
+        model.load_adapter(cfg.init_adapter)
+        log(f"adapter initialised from {cfg.init_adapter}")
     if ckpt is not None:
         state = load_state(ckpt / "train_state.pt")
         if state["world"] != world:

@@ -18,7 +18,7 @@ from conftest import ROOT, write_tiny_training_set
 
 def args(backbones, manifest, out, **kw):
     cfg = dict(llm=backbones / "llm", encoder=backbones / "whisper", train_manifest=manifest, val_manifest="",
-               data_root=manifest.parent, out_dir=out, qformer_layers=1, qformer_ffn_dim=48, prompt_size=4,
+               data_root=manifest.parent, out_dir=out, qformer_num_hidden_layers=1, qformer_ffn_dim=48, prompt_size=4,
                lr=3e-3, warmup_steps=2, batch_size=2, global_batch=4, num_workers=0, log_every=1,
                save_every=1000, max_steps=8)
     cfg.update(kw)
@@ -47,17 +47,34 @@ def test_single_process_learns_and_saves_official_layout(random_backbones, tmp_p
     assert abs(train.adapter_checksum(model) - result["adapter_checksum"]) < 1e-6 * result["adapter_checksum"]
 
 
+def test_init_adapter_starts_from_a_saved_adapter(random_backbones, tmp_path):
+    manifest = write_tiny_training_set(tmp_path / "data")
+    first = train.main(args(random_backbones, manifest, tmp_path / "a", max_steps=3, save_every=3))
+    ckpt = tmp_path / "a" / "ckpt-00000003"
+    # one step at a vanishing lr: the adapter is still the one it started from
+    tiny_lr = dict(max_steps=1, lr=1e-12, warmup_steps=0)
+    started = train.main(args(random_backbones, manifest, tmp_path / "b", init_adapter=ckpt, **tiny_lr))
+    fresh = train.main(args(random_backbones, manifest, tmp_path / "c", **tiny_lr))
+    assert started["adapter_checksum"] == pytest.approx(first["adapter_checksum"], rel=1e-6)
+    assert fresh["adapter_checksum"] != pytest.approx(first["adapter_checksum"], rel=1e-3)
+    with pytest.raises(SystemExit, match="another adapter shape: qformer_num_hidden_layers=1 \\(this run 2\\)"):
+        train.main(args(random_backbones, manifest, tmp_path / "d", init_adapter=ckpt, qformer_num_hidden_layers=2))
+    with pytest.raises(SystemExit, match="no config.json"):
+        train.main(args(random_backbones, manifest, tmp_path / "e", init_adapter=tmp_path / "nowhere"))
+
+
 def test_bad_config_keys_are_errors():
     with pytest.raises(SystemExit, match="unknown config key --learning_rate"):
         train.parse_config(["--learning_rate=1"])
     with pytest.raises(SystemExit, match="unknown preset"):
         train.parse_config(["--preset=huge"])
     cfg = train.parse_config(["--preset=desta25", "--lr=2e-4", "--betas=0.9,0.95", "--compile=true"])
-    assert cfg.qformer_layers == 6 and cfg.lr == 2e-4 and cfg.betas == (0.9, 0.95) and cfg.compile
+    assert cfg.qformer_num_hidden_layers == 6 and cfg.lr == 2e-4 and cfg.betas == (0.9, 0.95) and cfg.compile
 
 
 @pytest.mark.parametrize("flag, message", [
-    ("--lora=maybe", "--lora=maybe: expected a boolean"), ("--compile=maybe", "--compile=maybe: expected a boolean"),
+    ("--use_lora=maybe", "--use_lora=maybe: expected a boolean"), ("--lora=maybe", "--lora=maybe: expected a boolean"),
+    ("--target_layer_ids=1,x", "--target_layer_ids=1,x: expected encoder layer numbers"), ("--compile=maybe", "--compile=maybe: expected a boolean"),
     ("--lr", "--lr needs a value"), ("--lr=abc", "--lr=abc: expected a number"),
     ("--betas=0.9", "--betas=0.9: expected 2 comma-separated numbers"), ("--batch_size=0", "--batch_size=0: must be at least 1"),
     ("--max_steps=-5", "--max_steps=-5: must be at least 0"), ("--epochs=0", "--epochs=0: must be at least 1"),
@@ -72,9 +89,16 @@ def test_bad_config_values_name_the_flag(flag, message):
 def test_boolean_flags_accept_the_usual_spellings():
     for word, value in [("on", True), ("off", False), ("yes", True), ("No", False), ("1", True), ("0", False),
                         ("TRUE", True), ("false", False)]:
-        cfg = train.parse_config([f"--lora={word}", f"--mask_audio_padding={word}"])
-        assert cfg.lora is value and cfg.mask_audio_padding is value, word
+        cfg = train.parse_config([f"--use_lora={word}", f"--mask_audio_padding={word}"])
+        assert cfg.use_lora is value and cfg.mask_audio_padding is value, word
     assert train.parse_config(["--compile"]).compile is True  # a bare boolean flag means true
+
+
+def test_earlier_field_names_still_work_on_the_command_line():
+    cfg = train.parse_config(["--qformer_layers=3", "--taps=0,2", "--lora=true"])
+    assert (cfg.qformer_num_hidden_layers, cfg.target_layer_ids, cfg.use_lora) == (3, "0,2", True)
+    m = train.model_config(cfg)  # the same names as the official config.json
+    assert (m.qformer_num_hidden_layers, m.target_layer_ids, m.use_lora) == (3, [0, 2], True)
 
 
 def test_warmup_cosine_schedule():
@@ -153,7 +177,7 @@ def test_unreadable_clips_are_named_counted_and_bounded(random_backbones, tmp_pa
 def test_lora_ablation_trains(random_backbones, tmp_path):
     manifest = write_tiny_training_set(tmp_path / "data")
     out = tmp_path / "run"
-    train.main(args(random_backbones, manifest, out, max_steps=3, lora="true"))  # frozen base weights asserted
+    train.main(args(random_backbones, manifest, out, max_steps=3, use_lora="true"))  # frozen base weights asserted
     model = desta.DeSTA.from_pretrained(out / "ckpt-00000003")
     lora_b = [p for n, p in model.llm.named_parameters() if "lora_B" in n]
     assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # B left zero = LoRA never trained
