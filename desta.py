@@ -257,8 +257,10 @@ class WhisperEncoder(nn.Module):
     @classmethod
     def from_pretrained(cls, folder, dtype=torch.float32, device="cpu") -> "WhisperEncoder":
         folder = Path(folder)
-        cfg = WhisperConfig.from_hf(read_json(folder / "config.json"), str(folder / "config.json"))
+        hf_config = read_json(folder / "config.json")
+        cfg = WhisperConfig.from_hf(hf_config, str(folder / "config.json"))
         model = empty_model(cls, cfg, dtype, device)
+        model.hf_config = hf_config  # DeSTA.save_pretrained writes it as the official encoder_config
         # a full WhisperForConditionalGeneration folder also holds the decoder: not ours to load here
         load_weights(model, folder, key_of=lambda n: "model.encoder." + n,
                      ignore=("model.decoder.", "proj_out."))
@@ -511,8 +513,10 @@ class Llama(nn.Module):
     @classmethod
     def from_pretrained(cls, folder, dtype=torch.float32, device="cpu") -> "Llama":
         folder = Path(folder)
-        cfg = LlamaConfig.from_hf(read_json(folder / "config.json"), str(folder / "config.json"))
+        hf_config = read_json(folder / "config.json")
+        cfg = LlamaConfig.from_hf(hf_config, str(folder / "config.json"))
         model = empty_model(cls, cfg, dtype, device)
+        model.hf_config = hf_config  # DeSTA.save_pretrained writes it as the official llm_config
         if cfg.tie_embeddings:  # to_empty() breaks the tie: tie again before loading
             model.lm_head.weight = model.embed_tokens.weight
         load_weights(model, folder,
@@ -1124,8 +1128,12 @@ class DeSTA(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         conf = {k: v for k, v in asdict(self.cfg).items() if v is not None}
-        conf.update(model_type="desta25", architectures=["DeSTA25AudioModel"],
-                    llm_config=self.llm_hf_config, encoder_config=self.encoder_hf_config)
+        conf.update(model_type="desta25", architectures=["DeSTA25AudioModel"])
+        # the backbones' own config.json, as the official file carries them; a backbone built from a bare
+        # config (not from_pretrained) has none, and from_pretrained here does not need them
+        for key, module in (("llm_config", self.llm), ("encoder_config", self.whisper)):
+            if getattr(module, "hf_config", None) is not None:
+                conf[key] = module.hf_config
         state = {k: v.detach().float().contiguous().cpu() for k, v in self.trainable_state().items()}
         tmp = folder / "model.safetensors.tmp"
         save_file(state, str(tmp), metadata={"format": "pt"})
@@ -1166,11 +1174,8 @@ class DeSTA(nn.Module):
         """
         llm_dir = resolve_weights(llm_dir or cfg.llm_model_id, weights_root)
         encoder_dir = resolve_weights(encoder_dir or cfg.encoder_model_id, weights_root)
-        model = cls(cfg, WhisperEncoder.from_pretrained(encoder_dir, encoder_dtype or dtype, device),
-                    Llama.from_pretrained(llm_dir, dtype, device), Tokenizer.from_pretrained(llm_dir))
-        model.llm_hf_config = read_json(Path(llm_dir) / "config.json")
-        model.encoder_hf_config = read_json(Path(encoder_dir) / "config.json")
-        return model
+        return cls(cfg, WhisperEncoder.from_pretrained(encoder_dir, encoder_dtype or dtype, device),
+                   Llama.from_pretrained(llm_dir, dtype, device), Tokenizer.from_pretrained(llm_dir))
 
 
 def chunked_cross_entropy(lm_head: nn.Linear, h: torch.Tensor, labels: torch.Tensor, chunk: int = 1024):

@@ -150,6 +150,25 @@ def test_official_layout_round_trip(backbones, tmp_path):
         assert model(mel, b).item() == loaded(mel, b).item()
 
 
+def test_a_model_built_with_init_saves_the_official_layout(backbones, tmp_path):
+    # DeSTA(cfg, whisper, llm, tokenizer) from loaded backbones: save_pretrained finds their config.json
+    cfg = desta.DeSTAConfig(llm_model_id=str(backbones / "llm"), encoder_model_id=str(backbones / "whisper"),
+                            qformer_num_hidden_layers=1, prompt_size=P, qformer_ffn_dim=48)
+    model = desta.DeSTA(cfg, desta.WhisperEncoder.from_pretrained(backbones / "whisper"),
+                        desta.Llama.from_pretrained(backbones / "llm"), desta.Tokenizer.from_pretrained(backbones / "llm"))
+    model.save_pretrained(tmp_path / "a")
+    conf = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert conf["llm_config"] == json.loads((backbones / "llm" / "config.json").read_text())
+    assert conf["encoder_config"]["d_model"] == 32
+    loaded = desta.DeSTA.from_pretrained(tmp_path / "a")
+    assert all(torch.equal(v, loaded.connector.state_dict()[k]) for k, v in model.connector.state_dict().items())
+    # backbones built from bare configs have no config.json to copy: the file is written without them
+    bare = desta.DeSTA(cfg, desta.WhisperEncoder(model.whisper.cfg), desta.Llama(model.llm.cfg), model.tokenizer)
+    bare.save_pretrained(tmp_path / "b")
+    assert "llm_config" not in json.loads((tmp_path / "b" / "config.json").read_text())
+    desta.DeSTA.from_pretrained(tmp_path / "b")
+
+
 def test_padding_mask_is_saved_and_changes_the_vectors(backbones, tmp_path):
     model = make_model(backbones, mask_audio_padding=True, target_layer_ids=[1, 3])
     model.save_pretrained(tmp_path)
