@@ -556,10 +556,11 @@ def summary_table(seed_rows: list[dict], train_rows: list[dict] | None = None) -
 # Whisper is frozen, so the taps it gives a clip never change. On a CPU the encoder is a large share of a
 # training step, so the tiny preset computes every clip's taps once and trains from the cache (the GPU
 # recipe streams audio). One safetensors file per clip, under a folder named by the encoder's fingerprint,
-# the taps and the crop mode; its metadata records the audio file it came from, so an entry is recomputed
-# when the audio, the encoder or the settings change, or when the file cannot be read.
+# the taps, the crop mode and the precision Whisper ran in (bf16 taps differ from fp32 ones by its rounding,
+# so an fp32 run must not train on them); its metadata records the audio file it came from, so an entry is
+# recomputed when the audio, the encoder or the settings change, or when the file cannot be read.
 
-FEATURES_VERSION = "1"
+FEATURES_VERSION = "2"  # 2: the encoder's precision is part of the key (version 1 entries were not keyed by it)
 FEATURES_DIR = "features"
 
 
@@ -584,11 +585,12 @@ class FeatureCache:
     Only the frames the Q-Former reads are kept (the clip's, when it masks the padding: ~0.6 MB for a 4 s
     tiny clip instead of 4.6 MB for 30 s)."""
 
-    def __init__(self, root, data_root, encoder_dir, taps, mask_padding: bool, crop: bool):
+    def __init__(self, root, data_root, encoder_dir, taps, mask_padding: bool, crop: bool, dtype=torch.float32):
         self.data_root, self.taps, self.mask_padding, self.crop = Path(data_root), list(taps), mask_padding, crop
         self.fingerprint = encoder_fingerprint(encoder_dir)
+        self.dtype = str(dtype).removeprefix("torch.")  # what Whisper runs in when build() computes entries
         mode = "crop" if crop else "masked" if mask_padding else "full"
-        self.folder = Path(root) / f"{self.fingerprint}-taps{'-'.join(map(str, self.taps))}-{mode}"
+        self.folder = Path(root) / f"{self.fingerprint}-taps{'-'.join(map(str, self.taps))}-{mode}-{self.dtype}"
 
     def path(self, clip: str) -> Path:
         return self.folder / (clip + ".safetensors")
@@ -597,7 +599,7 @@ class FeatureCache:
         st = (self.data_root / clip).stat()
         return {"version": FEATURES_VERSION, "clip": clip, "encoder": self.fingerprint,
                 "taps": ",".join(map(str, self.taps)), "mask_padding": str(self.mask_padding), "crop": str(self.crop),
-                "audio_size": str(st.st_size), "audio_mtime_ns": str(st.st_mtime_ns)}
+                "dtype": self.dtype, "audio_size": str(st.st_size), "audio_mtime_ns": str(st.st_mtime_ns)}
 
     def check(self, clip: str) -> str | None:
         """None when the entry is there and current, else why not: missing, stale (what changed), corrupt."""
@@ -640,6 +642,9 @@ class FeatureCache:
         """Compute the entries that are missing, stale or corrupt (a second run does nothing). Unreadable
         audio is counted and left out; the trainer then skips those clips as it would without a cache."""
         clips = list(dict.fromkeys(clips))
+        running = str(next(whisper.parameters()).dtype).removeprefix("torch.")
+        if running != self.dtype:
+            raise ValueError(f"{self.folder}: a cache of {self.dtype} taps cannot be built by a {running} encoder")
         todo, reasons = [], Counter()
         for c in clips:
             why = self.check(c)

@@ -398,7 +398,8 @@ def feature_cache(cfg: TrainConfig, model, rows: list[dict], rank: int, world: i
         return None
     m = model.cfg
     cache = data.FeatureCache(Path(cfg.data_root) / cfg.feature_cache, cfg.data_root,
-                              desta.resolve_weights(cfg.encoder), model.taps, m.mask_audio_padding, m.crop_encoder_input)
+                              desta.resolve_weights(cfg.encoder), model.taps, m.mask_audio_padding, m.crop_encoder_input,
+                              next(model.whisper.parameters()).dtype)
     clips = list(dict.fromkeys(a["audio"] for r in rows for a in data.row_audios(r)))
     cache.build(model.whisper, clips[rank::world], log=log)
     barrier(world)

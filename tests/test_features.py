@@ -76,6 +76,11 @@ def test_feature_cache_round_trip_stale_corrupt_and_resume(random_backbones, tmp
     # another encoder or other taps: another folder, never a mixed cache
     other = data.FeatureCache(tmp_path / "features", tmp_path, random_backbones / "whisper", [0, 3], True, True)
     assert other.folder != cache.folder and other.check(ids[2]) == "missing"
+    # taps Whisper computed in bf16 are another cache too, and an fp32 encoder cannot fill it
+    bf16 = data.FeatureCache(tmp_path / "features", tmp_path, random_backbones / "whisper", [1, 3], True, True, torch.bfloat16)
+    assert bf16.folder.name.endswith("-bfloat16") and bf16.check(ids[2]) == "missing"
+    with pytest.raises(ValueError, match="bfloat16 taps cannot be built by a float32 encoder"):
+        bf16.build(model.whisper, ids, log=logs.append)
     # unreadable audio is counted, not fatal, and an old entry of a clip now unreadable is dropped
     (tmp_path / "audio" / "bad.wav").write_bytes(b"not a wav")
     assert cache.build(model.whisper, ["audio/bad.wav"], log=logs.append)["unreadable"] == 1
