@@ -887,6 +887,13 @@ TAPS_BY_DEPTH = {32: [7, 15, 23, 31], 24: [5, 11, 17, 23], 12: [2, 5, 8, 11], 4:
 DEFAULT_SYSTEM = "Focus on the audio clips and instructions."
 START_AUDIO, END_AUDIO = "<start_audio>", "<end_audio>"
 AUDIO_LOCATOR = "<|AUDIO|>"  # one per audio in a row's messages (the official loader asserts it)
+
+
+def framed_audio(inside: str = AUDIO_LOCATOR) -> str:
+    """An audio's place in a user turn as the official models see it: the locator the audio vectors
+    replace, or (self-generation, text baselines) the text that stands for the audio, between the markers."""
+    return f"{START_AUDIO}{inside}{END_AUDIO}"
+
 IGNORE = -100  # label of positions without loss
 
 
@@ -1034,9 +1041,8 @@ class DeSTA(nn.Module):
         """Render the chat and split it at each audio locator: text pieces around the audio spans."""
         text = self.tokenizer.render_chat(messages, add_generation_prompt=True)
         loc = self.cfg.audio_locator
-        # the official models see `<start_audio><|AUDIO|><end_audio>` (training rows carry it already)
-        if f"{START_AUDIO}{loc}{END_AUDIO}" not in text:
-            text = text.replace(loc, f"{START_AUDIO}{loc}{END_AUDIO}")
+        if framed_audio(loc) not in text:  # training rows carry the markers already; a bare locator gets them
+            text = text.replace(loc, framed_audio(loc))
         return text.split(loc)
 
     def build_batch(self, messages_list: list[list[dict]], transcriptions: list[list[str]],

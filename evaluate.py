@@ -303,7 +303,7 @@ def user_content(prompt, fillers):
 def text_messages(prompt, texts):
     """The chat a text-only LLM reads: each audio replaced by a text, framed as DeSTA frames audio. For
     one audio and audio_sep '\\n' this is generate.backbone_messages."""
-    framed = [f"{desta.START_AUDIO}{t}{desta.END_AUDIO}" for t in texts]
+    framed = [desta.framed_audio(t) for t in texts]
     return [{"role": "system", "content": prompt.system}, {"role": "user", "content": user_content(prompt, framed)}]
 
 

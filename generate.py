@@ -378,18 +378,17 @@ def balanced_k(rows: list[dict], k: int, max_factor: int = 4) -> dict[str, int]:
 def backbone_messages(seed_description: str, prompt: str, system: str = desta.DEFAULT_SYSTEM) -> list[dict]:
     """What the backbone reads to write a target: the description stands where the audio will be."""
     return [{"role": "system", "content": system},
-            {"role": "user", "content": f"{desta.START_AUDIO}{seed_description}{desta.END_AUDIO}\n{prompt}"}]
+            {"role": "user", "content": f"{desta.framed_audio(seed_description)}\n{prompt}"}]
 
 
 def training_row(seed_row: dict, prompt: str, response: str, system: str = desta.DEFAULT_SYSTEM,
                  finished: bool = True) -> dict:
     """A training manifest row in the DeSTA-AQA5M layout (SPEC 9). An answer cut by max_new_tokens
     is marked `"finished": false`: training then learns its words but not to stop there."""
-    locator = f"{desta.START_AUDIO}{desta.AUDIO_LOCATOR}{desta.END_AUDIO}"
     row = {"id": seed_row["id"], "dataset": seed_row.get("dataset", ""),
            "seed_description": seed_row["seed_description"], "prompt": prompt, "response": response,
            "messages": [{"role": "system", "content": system},
-                        {"role": "user", "content": f"{locator}\n{prompt}",
+                        {"role": "user", "content": f"{desta.framed_audio()}\n{prompt}",
                          "audios": [{"audio": seed_row["id"], "text": seed_row.get("transcription") or " "}]}]}
     if not finished:
         row["finished"] = False
@@ -532,7 +531,7 @@ def answer(model: desta.DeSTA, mel: torch.Tensor | desta.EncodedAudio, prompts: 
     vectors go in as embeddings.
     The text is batch_decode's (special tokens dropped, the tokenizer's clean-up), not stripped, as
     the authors' code returns it; return_ids: also the answer token ids (stop token excluded)."""
-    locator = f"{desta.START_AUDIO}{model.cfg.audio_locator}{desta.END_AUDIO}"
+    locator = desta.framed_audio(model.cfg.audio_locator)
     convs = [[{"role": "system", "content": system}, {"role": "user", "content": f"{locator}\n{p}"}] for p in prompts]
     audio = model.encode_audio(mel.to(model.llm.embed_tokens.weight.device))
     rows = desta_inputs(model, convs, [[t] for t in transcriptions], audio)

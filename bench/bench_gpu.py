@@ -130,7 +130,7 @@ def main():
     opt = torch.optim.AdamW(model.connector.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=0.01, fused=cuda)
     B = 12
     conv = [[{"role": "system", "content": desta.DEFAULT_SYSTEM},
-             {"role": "user", "content": "<start_audio><|AUDIO|><end_audio>\nDescribe the audio in detail."}]] * B
+             {"role": "user", "content": f"{desta.framed_audio()}\nDescribe the audio in detail."}]] * B
     response = " ".join(["The speaker sounds calm and speaks clearly in a quiet room."] * 15)
     batch = model.build_batch(conv, [["Hello there, this is a test recording of a single speaker."]] * B,
                               [response] * B, cap_transcription=True, max_len=300)
