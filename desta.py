@@ -887,14 +887,13 @@ TAPS_BY_DEPTH = {32: [7, 15, 23, 31], 24: [5, 11, 17, 23], 12: [2, 5, 8, 11], 4:
 DEFAULT_SYSTEM = "Focus on the audio clips and instructions."
 START_AUDIO, END_AUDIO = "<start_audio>", "<end_audio>"
 AUDIO_LOCATOR = "<|AUDIO|>"  # one per audio in a row's messages (the official loader asserts it)
+IGNORE = -100  # label of positions without loss
 
 
 def framed_audio(inside: str = AUDIO_LOCATOR) -> str:
     """An audio's place in a user turn as the official models see it: the locator the audio vectors
     replace, or (self-generation, text baselines) the text that stands for the audio, between the markers."""
     return f"{START_AUDIO}{inside}{END_AUDIO}"
-
-IGNORE = -100  # label of positions without loss
 
 
 def audio_frame_mask(mel: torch.Tensor, n_frames: int) -> torch.Tensor:
