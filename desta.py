@@ -986,6 +986,10 @@ class DeSTAConfig:
     IGNORED = ("llm_config", "encoder_config", "info", "model_type", "architectures", "transformers_version",
                "torch_dtype", "dtype", "_name_or_path", "auto_map")
 
+    def taps(self, encoder_layers: int) -> list[int] | None:
+        """The encoder layers the Q-Former reads: target_layer_ids, else every quarter of the encoder."""
+        return self.target_layer_ids or TAPS_BY_DEPTH.get(encoder_layers)
+
     @classmethod
     def from_json(cls, path) -> "DeSTAConfig":
         d = read_json(path)
@@ -1014,7 +1018,7 @@ class DeSTA(nn.Module):
         super().__init__()
         self.cfg, self.tokenizer = cfg, tokenizer
         self.whisper, self.llm = whisper, llm
-        self.taps = cfg.target_layer_ids or TAPS_BY_DEPTH.get(whisper.cfg.encoder_layers)
+        self.taps = cfg.taps(whisper.cfg.encoder_layers)
         if self.taps is None:
             raise CheckpointError(f"no default taps for a {whisper.cfg.encoder_layers}-layer Whisper: set target_layer_ids")
         qcfg = QFormerConfig(encoder_dim=whisper.cfg.d_model, llm_dim=llm.cfg.dim,

@@ -219,7 +219,7 @@ def check_init_adapter(folder: Path, model: desta.DeSTA) -> None:
     differ = [f"{k}={getattr(saved, k)!r} (this run {getattr(ours, k)!r})"
               for k in ("qformer_num_hidden_layers", "prompt_size", "mask_audio_padding", "use_lora")
               if getattr(saved, k) != getattr(ours, k)]
-    saved_taps = saved.target_layer_ids or desta.TAPS_BY_DEPTH.get(model.whisper.cfg.encoder_layers)
+    saved_taps = saved.taps(model.whisper.cfg.encoder_layers)
     if list(saved_taps or []) != list(model.taps):
         differ.append(f"target_layer_ids={saved_taps} (this run {model.taps})")
     if differ:

@@ -113,7 +113,7 @@ def precisions():
     (desta.pick_dtype, the check every script makes); a CPU without fast bf16 would only time its emulation."""
     picked, why = desta.pick_dtype("cpu")
     out = [("fp32", torch.float32)] + ([("bf16", torch.bfloat16)] if picked == torch.bfloat16 else [])
-    return out, str(picked).removeprefix("torch.").replace("bfloat16", "bf16").replace("float32", "fp32"), why
+    return out, {dtype: name for name, dtype in desta.DTYPES.items()}[picked], why
 
 
 def agreement(ours, ref):
@@ -129,7 +129,7 @@ def agreement(ours, ref):
 def memory_bandwidth() -> float:
     """Bytes/s of a large tensor copy (read + write), best of 3: the ceiling of a decode step that reads
     every weight once."""
-    a = torch.ones(2**28 // 4 * 4, dtype=torch.float32)  # 1 GiB, far above any cache
+    a = torch.ones(2**28, dtype=torch.float32)  # 1 GiB, far above any cache
     b = torch.empty_like(a)
     dt, _ = best_of(lambda: b.copy_(a), 3)
     return 2 * a.numel() * a.element_size() / dt
