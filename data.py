@@ -528,6 +528,26 @@ def training_row_problem(row) -> str | None:
     return _aqa5m_problem(row, ("id", "prompt", "response"))
 
 
+SPOKEN_LINE = re.compile(r"^\[\d+:\d\d-\d+:\d\d\] (?!\()", re.M)  # a description line with words before any "("
+
+
+def select_rows(rows: list[dict], answer: str | None = None, one_voice: bool = False) -> tuple[list[dict], dict]:
+    """The training rows to keep, and how many each test dropped: answer = a regex the whole response must
+    match (e.g. the plain forms of a short answer); one_voice = the seed description has one spoken
+    segment (a "man or woman?" target is only well defined for one voice). The targets stay the backbone's
+    own answers: this only chooses which of them to train on (the tiny recipe, README "Demo")."""
+    pattern = re.compile(answer) if answer else None
+    kept, dropped = [], {"answer": 0, "one_voice": 0}
+    for row in rows:
+        if one_voice and len(SPOKEN_LINE.findall(row.get("seed_description", ""))) != 1:
+            dropped["one_voice"] += 1
+        elif pattern and not pattern.fullmatch(row["response"].strip()):
+            dropped["answer"] += 1
+        else:
+            kept.append(row)
+    return kept, dropped
+
+
 def summary_table(seed_rows: list[dict], train_rows: list[dict] | None = None) -> str:
     """Markdown table: clips, hours and training rows per dataset and split."""
     rows_per = {}
@@ -777,6 +797,11 @@ def main(argv=None):
     r.add_argument("--no-download", action="store_true", help="parse a corpus already unpacked under --root")
     j = sub.add_parser("seeds", help="join the recipes' seed manifests under ROOT into one seed manifest")
     j.add_argument("--root", default="data")
+    s = sub.add_parser("select", help="keep the training rows whose answer has a given form (tiny recipe)")
+    s.add_argument("manifest", help="training manifest to read")
+    s.add_argument("--out", required=True, help="training manifest to write (atomically)")
+    s.add_argument("--answer", help="a regex the whole response must match")
+    s.add_argument("--one-voice", action="store_true", help="only clips whose seed description has one spoken segment")
     m = sub.add_parser("summary", help="clips, hours and training rows per dataset and split")
     m.add_argument("seeds", help="seed manifest")
     m.add_argument("train", nargs="*", help="training manifest(s)")
@@ -789,6 +814,17 @@ def main(argv=None):
         rows = [row for p in parts for row in read_jsonl(p, required=("id", "seed_description"))]
         write_jsonl(Path(args.root) / "seed_manifest.jsonl", rows)
         print(f"{Path(args.root) / 'seed_manifest.jsonl'}: {len(rows)} clips from {len(parts)} corpora")
+        return
+    if args.command == "select":
+        try:
+            rows = read_jsonl(args.manifest, check=training_row_problem)
+            kept, dropped = select_rows(rows, args.answer, args.one_voice)
+        except (ManifestError, re.error) as e:
+            sys.exit(f"error: {args.manifest}: {e}")
+        if not kept:
+            sys.exit(f"error: {args.manifest}: no row passes (dropped {dropped}); {args.out} not written")
+        write_jsonl(args.out, kept)
+        print(f"{args.out}: kept {len(kept)} of {len(rows)} rows (dropped: {dropped})")
         return
     if args.command == "summary":
         train_rows = [row for t in args.train for row in read_jsonl(t)]

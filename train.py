@@ -616,7 +616,7 @@ def main(argv: list[str] | None = None) -> dict:
                 emit({"step": step, "val_loss": v["val_loss"], "other_audio_gap": v["other_audio_gap"],
                       "samples": v["samples"]})
                 gap = "" if v["other_audio_gap"] is None else \
-                    f" | with other clips' audio {v['other_audio_gap']:+.4f} (0: these targets do not use the audio yet)"
+                    f" | with other clips' audio {v['other_audio_gap']:+.4f} (> 0 once the answers use the audio)"
                 log(f"step {step} | val_loss {v['val_loss']:.4f}{gap}")
                 for s in v["samples"]:
                     log(f"  [{s['id']}] {s['prompt']}\n    -> {s['answer'][:200]!r}")

@@ -262,3 +262,22 @@ def test_sizes_that_do_nothing_are_errors(tmp_path, flag):
     cmd = selfgen_cmd(tmp_path / "no-llm", tmp_path / "seeds.jsonl", tmp_path / "o.jsonl")
     r = run([*cmd, *flag])
     assert r.returncode == 2 and f"argument {flag[0]}: must be" in r.stderr, r.stderr
+
+
+def test_select_keeps_answers_of_the_form_on_one_voice_clips(tmp_path):
+    one = "[00:00-00:02] Hello there. (Gender: Male)"
+    two = "[00:00-00:01] Hi. (Gender: Male)\n[00:01-00:02] Bye. (Gender: Female)\n[00:00-00:02] (Speakers: 2)"
+    sound = "[00:00-00:02] (Sound: Beep)"
+    rows = [generate.training_row({"id": f"a{i}.wav", "seed_description": d, "transcription": "x"}, "Man or woman?", r)
+            for i, (d, r) in enumerate([(one, "The speaker is a man."), (one, "The speaker is a man, I think."),
+                                        (two, "The speaker is a woman."), (sound, "The speaker is a man.")])]
+    kept, dropped = data.select_rows(rows, r"The speaker is a (man|woman)\.", one_voice=True)
+    assert [r["id"] for r in kept] == ["a0.wav"] and dropped == {"answer": 1, "one_voice": 2}
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    data.write_jsonl(src, rows)
+    r = run([sys.executable, "data.py", "select", str(src), "--out", str(out), "--answer", "The speaker is a (man|woman)\\."])
+    assert r.returncode == 0, r.stderr
+    assert [row["id"] for row in data.read_jsonl(out)] == ["a0.wav", "a2.wav", "a3.wav"]
+    r = run([sys.executable, "data.py", "select", str(src), "--out", str(out), "--answer", "Nothing like this"])
+    assert r.returncode != 0 and "no row passes" in r.stderr and str(src) in r.stderr
+    assert len(data.read_jsonl(out)) == 3  # the earlier output is left as it was
