@@ -817,10 +817,12 @@ def main(argv=None):
         return
     if args.command == "select":
         try:
-            rows = read_jsonl(args.manifest, check=training_row_problem)
+            rows = read_jsonl(args.manifest, check=training_row_problem)  # its errors name the file and line
             kept, dropped = select_rows(rows, args.answer, args.one_voice)
-        except (ManifestError, re.error) as e:
-            sys.exit(f"error: {args.manifest}: {e}")
+        except ManifestError as e:
+            sys.exit(f"error: {e}")
+        except re.error as e:
+            sys.exit(f"error: --answer {args.answer!r} is not a valid regex ({e})")
         if not kept:
             sys.exit(f"error: {args.manifest}: no row passes (dropped {dropped}); {args.out} not written")
         write_jsonl(args.out, kept)

@@ -48,10 +48,10 @@ def main():
     with torch.no_grad(), amp:
         for i, s in enumerate(seeds):
             j = (i + 1) % len(seeds) if a.other else i
+            audio = train.batch_audio(data.collate([ds[2 * j]]), "cpu")  # clip j's taps; both forms share them
             loss = {}
             for k, g in enumerate(FORMS):
                 text = data.collate([ds[2 * i + k]])
-                audio = train.batch_audio(data.collate([ds[2 * j + k]]), "cpu")
                 loss[g] = model(audio, train.model_inputs(model, text, cfg.val_max_seq_len, "cpu")).item()
             pick = min(loss, key=loss.get)
             right += pick == s["gender"]
