@@ -549,102 +549,6 @@ def markdown_table(rows, columns=TABLE_I_COLUMNS, digits=2, label="Model"):
     return "\n".join(lines) + "\n"
 
 
-def read_train_log(path):
-    """train.py's log.jsonl -> (train [(step, loss)], validation [(step, val_loss)]). A resumed run
-    appends the steps it repeats; the last record of a step wins."""
-    train, val = {}, {}
-    for r in data.read_appended(path):
-        if "loss" in r:
-            train[r["step"]] = r["loss"]
-        if "val_loss" in r:
-            val[r["step"]] = r["val_loss"]
-    return sorted(train.items()), sorted(val.items())
-
-
-def plot_losses(runs, path, smooth=0.9):
-    """Training loss (raw, and an exponential moving average) and validation loss per step, one colour per
-    run -> a PNG. runs: {label: (train, val)} as read_train_log gives."""
-    import matplotlib
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
-    for (label, (train, val)), colour in zip(runs.items(), ("tab:blue", "tab:orange", "tab:green", "tab:red")):
-        if train:
-            steps, losses = zip(*train)
-            ema, avg = [], losses[0]
-            for x in losses:
-                avg = smooth * avg + (1 - smooth) * x
-                ema.append(avg)
-            ax.plot(steps, losses, color=colour, alpha=0.25, linewidth=0.8)
-            ax.plot(steps, ema, color=colour, label=f"{label}: train (EMA {smooth})")
-        if val:
-            ax.plot(*zip(*val), "o--", color=colour, label=f"{label}: validation")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy per target token")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-
-
-REPORT_ATTRIBUTES = ("Gender", "Background")  # what the features must carry (Whisper hears them plainly)
-
-
-def main_report(args):
-    """The demo's results page: per run folder (RUN/train = train.py's out_dir, RUN/eval = the tiny
-    benchmark, RUN/eval/ppl-*.scores.json = target perplexity), the attribute table of the first run, the
-    comparison of all runs, and the loss plot. --data RUN[,RUN...]; labels from --model-name A,B."""
-    from benchmarks import tiny  # the tiny table (imported here: benchmarks/ imports this file)
-
-    runs = [Path(r) for r in args.data.split(",")]
-    labels = args.model_name.split(",") if args.model_name else [r.name for r in runs]
-    if len(labels) != len(runs):
-        raise ValueError(f"--model-name gives {len(labels)} labels for {len(runs)} runs")
-    out = Path(args.out)
-    losses, rows, first_table = {}, {}, None
-    for run, label in zip(runs, labels):
-        log = run / "train" / "log.jsonl"
-        scores_path = run / "eval" / "tiny.scores.json"
-        for need in (log, scores_path):
-            if not need.is_file():
-                raise FileNotFoundError(f"{need}: missing (train and evaluate {run} first)")
-        losses[label] = read_train_log(log)
-        report = desta.read_json(scores_path)
-        if first_table is None:
-            first_table = tiny.tiny_table(report["systems"])
-        desta_scores = report["systems"]["desta"]
-        text_scores = report["systems"].get("text")
-        ppl = [desta.read_json(p)["ppl"] for p in sorted((run / "eval").glob("ppl-*.scores.json"))]
-        train, val = losses[label]
-        row = {"targets PPL": ppl[0] if ppl else None, "steps": train[-1][0] if train else None,
-               "final train loss": train[-1][1] if train else None, "val loss": val[-1][1] if val else None,
-               "attributes (macro)": desta_scores["mcq"]["acc"]}
-        for name in REPORT_ATTRIBUTES:
-            row[name] = desta_scores["attributes"].get(name, {}).get("acc")
-        row["instruction following"] = desta_scores["instruction_following"]["rate"]
-        rows[label] = row
-        if text_scores and "bare backbone (text)" not in rows:
-            rows["bare backbone (text)"] = {"attributes (macro)": text_scores["mcq"]["acc"],
-                                            **{n: text_scores["attributes"].get(n, {}).get("acc")
-                                               for n in REPORT_ATTRIBUTES},
-                                            "instruction following": text_scores["instruction_following"]["rate"]}
-    columns = ("targets PPL", "steps", "final train loss", "val loss", "attributes (macro)", *REPORT_ATTRIBUTES,
-               "instruction following")
-    comparison = markdown_table(rows, columns, label="run")
-    plot_losses(losses, out / "loss.png")
-    text = (f"# DeSTA2.5-Audio, tiny preset: results\n\n"
-            f"Held-out test clips of the synthetic corpus ({runs[0] / 'eval'}); multiple choice by option likelihood, "
-            f"instruction following by Speech-IFEval's checkers on generated answers.\n\n"
-            f"## {labels[0]}: every attribute\n\n{first_table}\n"
-            f"## Runs\n\n{comparison}\n![training and validation loss](loss.png)\n")
-    write_table(out / "results.md", text)
-    print(text)
-    print(f"wrote {out / 'results.md'} and {out / 'loss.png'}", file=sys.stderr)
-    return rows
-
-
 # -----------------------------------------------------------------------------------------------------
 # 11. Command line
 
@@ -653,8 +557,8 @@ def main_report(args):
 #   load(data, subset=None) -> rows          prompts(rows) -> [Prompt]
 #   score(rows, responses, judge=None, reference_ifrate=..., verdicts=None) -> Scored (unused keywords ignored)
 #   table_i_cells(scores) -> {Table I column: value}, or None where one run fills no cell (VoiceBench)
-# tiny (benchmarks/tiny.py) has several systems per run and its own table: main_tiny; ppl and report are
-# computed here.
+# tiny (benchmarks/tiny.py) has several systems per run and its own table (main_tiny), and holds the demo's
+# results page (main_report) and the coverage of attributes in targets (main_coverage); ppl is computed here.
 BENCHMARKS = ("mmau", "dynamic_superb", "sakura", "speech_ifeval", "voicebench")
 
 
@@ -786,20 +690,10 @@ def main(argv=None):
     p.add_argument("--mcq", choices=("likelihood", "generate"), default=tiny.TINY_MCQ,
                    help="tiny: multiple choice by option likelihood (default) or by a generated answer")
     args = p.parse_args(argv)
-    if args.benchmark == "coverage":  # how many self-generated targets state each attribute (no model)
-        cov = tiny.target_coverage(data.read_jsonl(args.data, required=("id", "response")), data.read_jsonl(args.seeds))
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "coverage.json").write_text(json.dumps(cov, indent=2))
-        print(tiny.coverage_table(cov))
-        return cov
-
-    if args.benchmark == "tiny":
-        return tiny.main_tiny(args)
+    if args.benchmark in ("tiny", "report", "coverage"):  # the tiny preset's benchmark, results page, coverage
+        return {"tiny": tiny.main_tiny, "report": tiny.main_report, "coverage": tiny.main_coverage}[args.benchmark](args)
     if args.benchmark == "ppl":
         return main_ppl(args)
-    if args.benchmark == "report":
-        return main_report(args)
     judge = common.JudgeConfig.from_env() if args.judge else None
     if args.judge and judge is None:
         p.error(f"--judge needs {common.JUDGE_ENV_BASE_URL} (and {common.JUDGE_ENV_API_KEY}, {common.JUDGE_ENV_MODEL})")

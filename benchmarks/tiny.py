@@ -3,6 +3,7 @@ tiny: the synthetic corpus's test split as multiple-choice questions on its grou
 instruction-following prompts; the coverage of attributes in self-generated targets.
 """
 
+import json
 import math
 import random
 import re
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import data
+import desta
 import generate
 from benchmarks.ifeval import follows_instruction, SPEECH_IFEVAL_CHECKERS
 from benchmarks.mmau import extract_mmau_answer, mmau_question, mmau_string_match
@@ -332,3 +334,109 @@ def main_tiny(args):
     print(f"wrote {out}/{name}.{{{','.join(systems)}}}.predictions.jsonl, {name}.scores.json, {name}.md",
           file=sys.stderr)
     return report
+
+
+def main_coverage(args):
+    """--benchmark coverage: how many self-generated targets (--data) state each attribute of their seed (--seeds)."""
+    cov = target_coverage(data.read_jsonl(args.data, required=("id", "response")), data.read_jsonl(args.seeds))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "coverage.json").write_text(json.dumps(cov, indent=2))
+    print(coverage_table(cov))
+    return cov
+
+
+# ---- the demo's results page: python evaluate.py --benchmark report ----
+
+def read_train_log(path):
+    """train.py's log.jsonl -> (train [(step, loss)], validation [(step, val_loss)]). A resumed run
+    appends the steps it repeats; the last record of a step wins."""
+    train, val = {}, {}
+    for r in data.read_appended(path):
+        if "loss" in r:
+            train[r["step"]] = r["loss"]
+        if "val_loss" in r:
+            val[r["step"]] = r["val_loss"]
+    return sorted(train.items()), sorted(val.items())
+
+
+def plot_losses(runs, path, smooth=0.9):
+    """Training loss (raw, and an exponential moving average) and validation loss per step, one colour per
+    run -> a PNG. runs: {label: (train, val)} as read_train_log gives."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    for (label, (train, val)), colour in zip(runs.items(), ("tab:blue", "tab:orange", "tab:green", "tab:red")):
+        if train:
+            steps, losses = zip(*train)
+            ema, avg = [], losses[0]
+            for x in losses:
+                avg = smooth * avg + (1 - smooth) * x
+                ema.append(avg)
+            ax.plot(steps, losses, color=colour, alpha=0.25, linewidth=0.8)
+            ax.plot(steps, ema, color=colour, label=f"{label}: train (EMA {smooth})")
+        if val:
+            ax.plot(*zip(*val), "o--", color=colour, label=f"{label}: validation")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy per target token")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+REPORT_ATTRIBUTES = ("Gender", "Background")  # what the features must carry (Whisper hears them plainly)
+
+
+def main_report(args):
+    """The demo's results page: per run folder (RUN/train = train.py's out_dir, RUN/eval = the tiny
+    benchmark, RUN/eval/ppl-*.scores.json = target perplexity), the attribute table of the first run, the
+    comparison of all runs, and the loss plot. --data RUN[,RUN...]; labels from --model-name A,B."""
+    runs = [Path(r) for r in args.data.split(",")]
+    labels = args.model_name.split(",") if args.model_name else [r.name for r in runs]
+    if len(labels) != len(runs):
+        raise ValueError(f"--model-name gives {len(labels)} labels for {len(runs)} runs")
+    out = Path(args.out)
+    losses, rows, first_table = {}, {}, None
+    for run, label in zip(runs, labels):
+        log = run / "train" / "log.jsonl"
+        scores_path = run / "eval" / "tiny.scores.json"
+        for need in (log, scores_path):
+            if not need.is_file():
+                raise FileNotFoundError(f"{need}: missing (train and evaluate {run} first)")
+        losses[label] = read_train_log(log)
+        report = desta.read_json(scores_path)
+        if first_table is None:
+            first_table = tiny_table(report["systems"])
+        desta_scores = report["systems"]["desta"]
+        text_scores = report["systems"].get("text")
+        ppl = [desta.read_json(p)["ppl"] for p in sorted((run / "eval").glob("ppl-*.scores.json"))]
+        train, val = losses[label]
+        row = {"targets PPL": ppl[0] if ppl else None, "steps": train[-1][0] if train else None,
+               "final train loss": train[-1][1] if train else None, "val loss": val[-1][1] if val else None,
+               "attributes (macro)": desta_scores["mcq"]["acc"]}
+        for name in REPORT_ATTRIBUTES:
+            row[name] = desta_scores["attributes"].get(name, {}).get("acc")
+        row["instruction following"] = desta_scores["instruction_following"]["rate"]
+        rows[label] = row
+        if text_scores and "bare backbone (text)" not in rows:
+            rows["bare backbone (text)"] = {"attributes (macro)": text_scores["mcq"]["acc"],
+                                            **{n: text_scores["attributes"].get(n, {}).get("acc")
+                                               for n in REPORT_ATTRIBUTES},
+                                            "instruction following": text_scores["instruction_following"]["rate"]}
+    columns = ("targets PPL", "steps", "final train loss", "val loss", "attributes (macro)", *REPORT_ATTRIBUTES,
+               "instruction following")
+    comparison = markdown_table(rows, columns, label="run")
+    plot_losses(losses, out / "loss.png")
+    text = (f"# DeSTA2.5-Audio, tiny preset: results\n\n"
+            f"Held-out test clips of the synthetic corpus ({runs[0] / 'eval'}); multiple choice by option likelihood, "
+            f"instruction following by Speech-IFEval's checkers on generated answers.\n\n"
+            f"## {labels[0]}: every attribute\n\n{first_table}\n"
+            f"## Runs\n\n{comparison}\n![training and validation loss](loss.png)\n")
+    write_table(out / "results.md", text)
+    print(text)
+    print(f"wrote {out / 'results.md'} and {out / 'loss.png'}", file=sys.stderr)
+    return rows
