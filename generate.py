@@ -565,36 +565,22 @@ def device_for(rank: int) -> str:
 DTYPES = desta.DTYPES
 
 
-def at_least_one(text: str) -> int:
-    """argparse type for counts (batch size, new tokens, prompts per clip): 0 would do nothing, or crash."""
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
+def bounded(kind, low, high=None):
+    """argparse type: a number of `kind` in [low, high]. Counts of 0 would do nothing or crash (batch size,
+    new tokens), 0 prompts of a pool means none (--k), top-p is a probability, a temperature below 0 means
+    nothing. The error names the range; a non-number gets argparse's "invalid int value"."""
+    def parse(text):
+        v = kind(text)
+        if v < low or (high is not None and v > high):
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {v}" if high is None else
+                                             f"must be in [{low}, {high}], got {v}")
+        return v
+    parse.__name__ = kind.__name__
+    return parse
 
 
-def at_least_zero(text: str) -> int:
-    """argparse type for counts where 0 means "none of these" (--k, --k-attributes)."""
-    n = int(text)
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
-    return n
-
-
-def probability(text: str) -> float:
-    """argparse type for --top-p: 0 (greedy) .. 1 (the whole distribution)."""
-    p = float(text)
-    if not 0 <= p <= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {p}")
-    return p
-
-
-def non_negative(text: str) -> float:
-    """argparse type for --temperature: 0 is greedy, below it means nothing."""
-    t = float(text)
-    if t < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {t}")
-    return t
+at_least_one, at_least_zero = bounded(int, 1), bounded(int, 0)
+probability, non_negative = bounded(float, 0, 1), bounded(float, 0)  # --top-p; --temperature (0: greedy)
 
 
 def stop_text(text: str) -> str:
