@@ -424,12 +424,9 @@ def model_inputs(model, batch, max_len, device) -> desta.DeSTABatch:
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(sys.argv[1:] if argv is None else argv)
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    rank = int(os.environ.get("RANK", 0))
+    rank, world = generate.dist_setup()  # torchrun's ranks: NCCL on GPU, gloo on CPU
     cuda = torch.cuda.is_available()
-    if world > 1:
-        dist.init_process_group("nccl" if cuda else "gloo")
-    device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if cuda else "cpu"
+    device = generate.device_for(rank)
     if cuda:
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
