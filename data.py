@@ -19,9 +19,12 @@ What puts the files on disk in the first place lives beside this file, and `main
                       music) with exact ground truth (`corpus`)
   corpus/recipes.py   real public corpora (ESC-50, LibriSpeech, Speech Commands, CREMA-D, VCTK, NSynth,
                       Clotho) into seed manifests; DeSTA-AQA5M rows as released (`recipe`, `seeds`)
+  corpus/manifests.py training rows chosen by the form of their answer (`select`); clips, hours and rows
+                      per corpus (`summary`)
+Each of them defines its own subcommands (`add_commands`); `main` builds the command line from them.
 
 Imports go one way: desta <- data <- generate <- train, evaluate; the folders above import data.py,
-never the other way round (main imports them inside the function).
+never the other way round (main imports them when it builds the command line).
 """
 
 import argparse
