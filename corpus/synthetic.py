@@ -1012,8 +1012,6 @@ def build_corpus(root, n_speech=2000, n_sound=500, n_music=500, seed=0, workers=
     return manifest
 
 
-
-
 def add_commands(sub) -> None:
     """data.py's `corpus` subcommand."""
     c = sub.add_parser("corpus", help="build the offline synthetic corpus and its seed manifest (tiny preset)")

