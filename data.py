@@ -398,13 +398,14 @@ def evenly_spread(rows: list, n: int | None) -> list:
     return [rows[i * len(rows) // n] for i in range(n)]
 
 
-def read_jsonl(path, required=(), check=None) -> list[dict]:
+def read_jsonl(path, required=(), check=None, unique=None) -> list[dict]:
     """All rows of a jsonl file; a row that is not a JSON object or lacks a required field is an error.
-    check(row) -> why the row is unusable, or None (e.g. training_row_problem): named with file, line, id."""
+    check(row) -> why the row is unusable, or None (e.g. training_row_problem): named with file, line, id.
+    unique: a field no two rows may share (a seed manifest's clip id, which keys its generated rows)."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: file not found")
-    rows = []
+    rows, seen = [], {}
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -421,6 +422,10 @@ def read_jsonl(path, required=(), check=None) -> list[dict]:
             why = check(row) if check else None
             if why:
                 raise ManifestError(f"{path}:{n}: row {row.get('id')!r}: {why}")
+            key = repr(row.get(unique))  # repr: any JSON value, lists included, can be a key
+            if unique and seen.setdefault(key, n) != n:
+                raise ManifestError(f"{path}:{n}: {unique} {key} is also on line {seen[key]}; "
+                                    f"each row needs its own {unique}")
             rows.append(row)
     return rows
 

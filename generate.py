@@ -592,14 +592,6 @@ def stop_text(text: str) -> str:
     return stop
 
 
-def duplicate_ids(rows: list[dict]) -> dict[str, int]:
-    """{id: count} for ids that occur more than once."""
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["id"]] = counts.get(r["id"], 0) + 1
-    return {i: n for i, n in counts.items() if n > 1}
-
-
 def check_selfgen_settings(out: Path, settings: dict, write: bool) -> None:
     """Rows in one output come from one set of generation settings: a rerun with others (another
     --max-new-tokens, --temperature, LLM...) would append a second kind of row to the first, or call a
@@ -659,12 +651,8 @@ def main_selfgen(argv):
         ap.error("--fixed-prompt is the one-prompt ablation: leave out --k-attributes")
     out = Path(a.out)
     rank, world = dist_setup()
-    rows = data.read_jsonl(a.seeds, required=("id", "seed_description"))
-    dups = duplicate_ids(rows)
-    if dups:  # rows are keyed by (id, prompt): a second clip with the same id would take the first's rows
-        shown = ", ".join(f"{i!r} ({n} rows)" for i, n in list(dups.items())[:10])
-        raise data.ManifestError(f"{a.seeds}: {len(dups)} clip id(s) occur more than once: {shown}"
-                                 f"{' ...' if len(dups) > 10 else ''}; each clip needs its own id")
+    # rows are keyed by (id, prompt): a second clip with the same id would take the first's rows
+    rows = data.read_jsonl(a.seeds, required=("id", "seed_description"), unique="id")
     rows = [r for r in rows if a.split is None or r.get("split") == a.split]
     rows = data.evenly_spread(rows, a.limit)
     k = balanced_k(rows, a.k) if a.balance else a.k

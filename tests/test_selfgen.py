@@ -207,7 +207,7 @@ def test_duplicate_clip_ids_are_refused(tmp_path):
     data.write_jsonl(tmp_path / "seeds.jsonl", rows + [dict(rows[2], seed_description="another")])
     r = run(selfgen_cmd(tmp_path / "no-llm", tmp_path / "seeds.jsonl", tmp_path / "o.jsonl"))
     assert r.returncode == 1 and not (tmp_path / "o.jsonl").exists()
-    assert "2 clip id(s) occur more than once: 'audio/001.wav' (2 rows), 'audio/002.wav' (2 rows)" in r.stderr
+    assert "seeds.jsonl:5: id 'audio/001.wav' is also on line 2; each row needs its own id" in r.stderr
     assert "Traceback" not in r.stderr
 
 
