@@ -422,10 +422,11 @@ def read_jsonl(path, required=(), check=None, unique=None) -> list[dict]:
             why = check(row) if check else None
             if why:
                 raise ManifestError(f"{path}:{n}: row {row.get('id')!r}: {why}")
-            key = repr(row.get(unique))  # repr: any JSON value, lists included, can be a key
-            if unique and seen.setdefault(key, n) != n:
-                raise ManifestError(f"{path}:{n}: {unique} {key} is also on line {seen[key]}; "
-                                    f"each row needs its own {unique}")
+            if unique:
+                key = repr(row.get(unique))  # repr: any JSON value, lists included, can be a key
+                if seen.setdefault(key, n) != n:
+                    raise ManifestError(f"{path}:{n}: {unique} {key} is also on line {seen[key]}; "
+                                        f"each row needs its own {unique}")
             rows.append(row)
     return rows
 
