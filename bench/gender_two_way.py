@@ -39,6 +39,8 @@ def main():
     ap.add_argument("--question", default=QUESTION)
     ap.add_argument("--forms", nargs=2, metavar=("MALE", "FEMALE"), default=list(FORMS.values()),
                     help="the two answers compared, male first")
+    ap.add_argument("--system", default=desta.DEFAULT_SYSTEM,
+                    help="system prompt (default: the training rows'; the tiny benchmark asks with evaluate.SYSTEM_MCQ)")
     a = ap.parse_args()
     forms = dict(zip(FORMS, a.forms))
     cfg = train.parse_config([])
@@ -47,7 +49,7 @@ def main():
     seeds = [r for r in data.read_jsonl(a.seeds) if r.get("split") == "test" and r.get("num_speakers") == 1]
     if not seeds:
         sys.exit(f"{a.seeds}: no single-speaker test clips")
-    rows = [generate.training_row(s, a.question, forms[g]) for s in seeds for g in forms]  # (clip, form) pairs
+    rows = [generate.training_row(s, a.question, forms[g], a.system) for s in seeds for g in forms]  # (clip, form) pairs
     feats = train.feature_cache(cfg, model, rows, 0, 1, lambda *m: None)
     ds = data.AudioTextDataset(rows, cfg.data_root, model.whisper.cfg.n_mels, feats)
     amp = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == torch.bfloat16 else nullcontext()
