@@ -1,6 +1,6 @@
 """
 Does a tiny-preset adapter hear the speaker's gender? The "Gender, 2-way" measure of bench/exp4_tiny.md:
-for every single-speaker clip of the test split, the likelier of two teacher-forced answers to the
+for every single-speaker clip of the test split (or, with --split validation, of the dev split), the likelier of two teacher-forced answers to the
 question the adapter was trained with, "The speaker is a man." vs "... a woman." With --other each clip
 is given the next clip's audio instead: a model that uses the audio falls to chance there. --question and
 --forms ask another wording (a wording the adapter was not trained with measures transfer).
@@ -35,6 +35,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint")
     ap.add_argument("--seeds", default="data_tiny/seed_manifest.jsonl")
+    ap.add_argument("--split", default="test", choices=["test", "validation"],
+                    help="clips asked (validation: a dev set for picking a checkpoint without the test clips)")
     ap.add_argument("--other", action="store_true", help="give each clip the next clip's audio")
     ap.add_argument("--question", default=QUESTION)
     ap.add_argument("--forms", nargs=2, metavar=("MALE", "FEMALE"), default=list(FORMS.values()),
@@ -46,9 +48,9 @@ def main():
     cfg = train.parse_config([])
     dtype, why = desta.pick_dtype("cpu")
     model = desta.DeSTA.from_pretrained(a.checkpoint, dtype=dtype).eval()
-    seeds = [r for r in data.read_jsonl(a.seeds) if r.get("split") == "test" and r.get("num_speakers") == 1]
+    seeds = [r for r in data.read_jsonl(a.seeds) if r.get("split") == a.split and r.get("num_speakers") == 1]
     if not seeds:
-        sys.exit(f"{a.seeds}: no single-speaker test clips")
+        sys.exit(f"{a.seeds}: no single-speaker {a.split} clips")
     rows = [generate.training_row(s, a.question, forms[g], a.system) for s in seeds for g in forms]  # (clip, form) pairs
     feats = train.feature_cache(cfg, model, rows, 0, 1, lambda *m: None)
     ds = data.AudioTextDataset(rows, cfg.data_root, model.whisper.cfg.n_mels, feats)
@@ -67,7 +69,7 @@ def main():
             says_female += pick == "Female"
     n, p = len(seeds), right / len(seeds)
     truth = sum(s["gender"] == "Female" for s in seeds)
-    print(f"{a.checkpoint} ({'next clip' if a.other else 'own'} audio, {why}): {a.question!r} 2-way {100 * p:.1f}% "
+    print(f"{a.checkpoint} ({a.split}, {'next clip' if a.other else 'own'} audio, {why}): {a.question!r} 2-way {100 * p:.1f}% "
           f"+- {196 * math.sqrt(p * (1 - p) / n):.1f} (n {n}); says {a.forms[1]!r} {says_female} times (truth {truth})")
 
 
