@@ -25,7 +25,8 @@ def main():
     ap.add_argument("checkpoint")
     ap.add_argument("--attributes", default="Gender", help="comma-separated: " + ", ".join(tiny.TINY_ATTRIBUTES))
     ap.add_argument("--seeds", default="data_tiny/seed_manifest.jsonl")
-    ap.add_argument("--split", default=tiny.TINY_SPLIT, help="clips asked (validation: a dev set for picking a checkpoint)")
+    ap.add_argument("--split", default=tiny.TINY_SPLIT, choices=("validation", "test"),
+                    help="clips asked (validation: a dev set for picking a checkpoint without the test clips)")
     ap.add_argument("--out", help="predictions file (default: CHECKPOINT/tiny_attributes[_SPLIT].jsonl)")
     a = ap.parse_args()
     names = a.attributes.split(",")
