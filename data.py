@@ -353,6 +353,12 @@ def describe(duration: float, text: str = "", attributes=()) -> str:
 
 
 DESCRIPTION_LINE = re.compile(r"^\[(\d+:\d\d)-(\d+:\d\d)\]\s*(.*?)\s*(?:\((.*)\))?$")
+SPOKEN_LINE = re.compile(r"^\[\d+:\d\d-\d+:\d\d\] (?!\()", re.M)  # a description line with words before any "("
+
+
+def one_voice(seed_description: str) -> bool:
+    """The description has exactly one spoken segment: a question about "the speaker" has one answer."""
+    return len(SPOKEN_LINE.findall(seed_description)) == 1
 
 
 def templated_answer(seed_description: str) -> str:

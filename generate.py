@@ -640,6 +640,8 @@ def main_selfgen(argv):
     ap.add_argument("--dtype", choices=["auto", *sorted(DTYPES)], default="auto",
                     help="auto: bf16 on a GPU or a CPU whose bf16 matmul beats fp32 (AMX), else fp32")
     ap.add_argument("--limit", type=at_least_one, default=None, help="only N seed rows, evenly spread over the manifest")
+    ap.add_argument("--one-voice", action="store_true",
+                    help="only clips whose seed description has one spoken segment (questions about the speaker)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the decode step (pays off on long jobs)")
     ap.add_argument("--source", choices=("backbone", "template"), default="backbone",
                     help="who writes the targets: the backbone LLM (the method), or a fixed template that restates "
@@ -653,7 +655,11 @@ def main_selfgen(argv):
     rank, world = dist_setup()
     # rows are keyed by (id, prompt): a second clip with the same id would take the first's rows
     rows = data.read_jsonl(a.seeds, required=("id", "seed_description"), unique="id")
-    rows = [r for r in rows if a.split is None or r.get("split") == a.split]
+    rows = [r for r in rows if (a.split is None or r.get("split") == a.split)
+            and (not a.one_voice or data.one_voice(r["seed_description"]))]
+    if not rows:
+        sys.exit(f"error: {a.seeds}: no seed rows{f' of split {a.split}' if a.split else ''}"
+                 f"{' with one voice' if a.one_voice else ''}")
     rows = data.evenly_spread(rows, a.limit)
     k = balanced_k(rows, a.k) if a.balance else a.k
     if a.fixed_prompt:

@@ -4,9 +4,7 @@ cleaning, `python data.py select`) and count clips, hours and rows per corpus (`
 import re
 import sys
 
-from data import ManifestError, read_jsonl, training_row_problem, write_jsonl
-
-SPOKEN_LINE = re.compile(r"^\[\d+:\d\d-\d+:\d\d\] (?!\()", re.M)  # a description line with words before any "("
+from data import ManifestError, one_voice as has_one_voice, read_jsonl, training_row_problem, write_jsonl
 
 
 def select_rows(rows: list[dict], answer: str | None = None, one_voice: bool = False) -> tuple[list[dict], dict]:
@@ -17,7 +15,7 @@ def select_rows(rows: list[dict], answer: str | None = None, one_voice: bool = F
     pattern = re.compile(answer) if answer else None
     kept, dropped = [], {"answer": 0, "one_voice": 0}
     for row in rows:
-        if one_voice and len(SPOKEN_LINE.findall(row.get("seed_description", ""))) != 1:
+        if one_voice and not has_one_voice(row.get("seed_description", "")):
             dropped["one_voice"] += 1
         elif pattern and not pattern.fullmatch(row["response"].strip()):
             dropped["answer"] += 1

@@ -282,3 +282,24 @@ def test_select_keeps_answers_of_the_form_on_one_voice_clips(tmp_path):
     r = run([sys.executable, "data.py", "select", str(src), "--out", str(out), "--answer", "Nothing like this"])
     assert r.returncode != 0 and "no row passes" in r.stderr and str(src) in r.stderr
     assert len(data.read_jsonl(out)) == 3  # the earlier output is left as it was
+
+
+def test_one_voice_takes_only_clips_with_one_spoken_segment(tmp_path):
+    """selfgen --one-voice (the demo's questions about the speaker): sound clips and two-voice clips get no rows;
+    a manifest with no such clip is an error naming the file, and nothing is written."""
+    rows = seed_manifest(tmp_path / "seeds.jsonl", n=6)
+    two = {"id": "audio/two.wav", "dataset": "unit", "split": "train", "transcription": "Hi. Bye.",
+           "seed_description": "[00:00-00:01] Hi. (Gender: Male)\n[00:01-00:02] Bye. (Gender: Female)"}
+    data.write_jsonl(tmp_path / "seeds.jsonl", rows + [two])
+    assert [data.one_voice(r["seed_description"]) for r in rows + [two]] == [False, True, True, False, True, True, False]
+    out = tmp_path / "t.jsonl"
+    r = run(selfgen_cmd(tmp_path / "no-llm", tmp_path / "seeds.jsonl", out, "--source", "template", "--one-voice"))
+    assert r.returncode == 0, r.stderr
+    assert sorted({g["id"] for g in data.read_jsonl(out)}) == ["audio/001.wav", "audio/002.wav", "audio/004.wav",
+                                                               "audio/005.wav"]
+    sounds = [r for r in rows if not r["transcription"].strip()]
+    data.write_jsonl(tmp_path / "sounds.jsonl", sounds)
+    r = run(selfgen_cmd(tmp_path / "no-llm", tmp_path / "sounds.jsonl", tmp_path / "none.jsonl", "--source", "template",
+                        "--one-voice"))
+    assert r.returncode != 0 and "sounds.jsonl: no seed rows with one voice" in r.stderr
+    assert not (tmp_path / "none.jsonl").exists()
