@@ -12,7 +12,8 @@ import pytest
 
 PROMPT_DIR = Path(__file__).resolve().parent.parent / "prompts"
 POOLS = ("speech", "sound")
-ATTRIBUTE_POOLS = ("speech_attributes", "sound_attributes")  # prompts whose answers restate the clip's properties
+# prompts whose answers restate the clip's properties; speech_gender: make demo's second stage
+ATTRIBUTE_POOLS = ("speech_attributes", "sound_attributes", "speech_gender")
 MIN_POOL_SIZE = 300
 MAX_CHARS = 300
 FIXED_PROMPT = "What can you hear from the audio?"  # the paper's 1-P ablation
@@ -158,6 +159,15 @@ def test_attribute_pools_do_not_repeat_the_benchmark_questions():
     for name in ATTRIBUTE_POOLS:
         same = asked & {normalise(l) for l in read_lines(name)}
         assert not same, f"{name}.txt repeats benchmark questions: {sorted(same)}"
+
+
+def test_gender_wordings_ask_without_listing_the_options():
+    # SmolLM2-135M answers "male or female?" with the option it prefers, whatever the description says
+    # (bench/exp4_tiny.md section 14): such a wording gives targets that do not depend on the clip
+    for i, line in enumerate(read_lines("speech_gender"), 1):
+        assert re.search(r"gender", line, re.I), f"speech_gender.txt line {i} does not ask the gender: {line!r}"
+        assert not re.search(r"\bor\b|\b(male|female|man|woman)\b", line, re.I), \
+            f"speech_gender.txt line {i} lists an option: {line!r}"
 
 
 def test_readme_describes_the_pools():
