@@ -50,6 +50,7 @@ DEMO_FORM2  ?= (?i)(?![^\n]*\bor\b)[^\n]{0,60}\b(man|woman|male|female)\b[^\n]{0
 DEMO_STAGE1 ?= --max_steps=250 --proj_lr_scale=0.1 --eval_every=50 --eval_batches=4 --eval_samples=2 --save_every=50 --keep_last=1
 DEMO_STAGE2 ?= --max_steps=400 --lr=1e-4 --proj_lr_scale=0.1 --eval_every=100 --eval_batches=4 --eval_samples=2 --save_every=50 --keep_last=2
 DEMO_EVAL   ?= --limit 307 --max-new-tokens 96
+DEMO_HEAR   ?= --question "Identify the gender of the voice." --forms "The voice is male." "The voice is female."
 selfgen_demo = $(PY) generate.py selfgen --seeds $(DEMO_SEEDS) --llm $(LLM) $(DEMO_GEN)
 last_ckpt = "$$(ls -d $(1)/ckpt-* | tail -n 1)"
 
@@ -121,7 +122,11 @@ demo: setup                    ## tiny preset end to end: corpus -> SmolLM2's ow
 		--out $(DEMO)/eval $(DEMO_EVAL)
 	$(PY) evaluate.py --benchmark coverage --data $(DEMO)/stage2.jsonl --seeds $(DEMO_SEEDS) --out $(DEMO)/eval
 	$(PY) evaluate.py --benchmark report --data $(DEMO) --out $(DEMO)
-	@echo "results: $(DEMO)/results.md and $(DEMO)/loss.png"
+	@# does it hear? a trained wording on every one-voice test clip, with its own audio and with another clip's
+	$(PY) bench/gender_two_way.py $(call last_ckpt,$(DEMO)/train) $(DEMO_HEAR) > $(DEMO)/hearing.txt
+	$(PY) bench/gender_two_way.py $(call last_ckpt,$(DEMO)/train) $(DEMO_HEAR) --other >> $(DEMO)/hearing.txt
+	@cat $(DEMO)/hearing.txt
+	@echo "results: $(DEMO)/results.md, $(DEMO)/hearing.txt and $(DEMO)/loss.png"
 
 study: setup                   ## comparison study: the general pools, self-generated vs templated targets (paper Table III idea)
 	$(PY) data.py weights --preset tiny
