@@ -93,6 +93,26 @@ def test_qwen2_biases_parity(tmp_path):
     err, err_pad = compare_llama(ref, ours)
     print(f"qwen2 max abs logits error {err:.2e}, left-padded {err_pad:.2e}")
     assert err <= TOL and err_pad <= TOL
+    # the inference layout (one GEMM for q/k/v with their biases, one for gate/up) computes the same
+    ours.fuse_projections()
+    assert ours.layers[0].self_attn.qkv_proj.bias.shape == (64 + 2 * 32,) and not hasattr(ours.layers[0].mlp, "up_proj")
+    assert max(compare_llama(ref, ours)) <= TOL
+    with pytest.raises(ValueError, match="fused"):
+        desta.add_lora(ours)
+
+
+def test_fused_projections_keep_lora_layers_and_frozen_weights(tmp_path):
+    save_llama(tmp_path)
+    ours = desta.Llama.from_pretrained(tmp_path).requires_grad_(False)
+    x = torch.randint(0, 320, (2, 9))
+    with torch.no_grad():
+        before = ours(x)
+    desta.add_lora(ours)
+    ours.fuse_projections()  # q/k/v carry LoRA: left separate; gate/up are fused
+    a, m = ours.layers[0].self_attn, ours.layers[0].mlp
+    assert a.qkv_proj is None and isinstance(a.q_proj, desta.LoRALinear) and not m.gate_up_proj.weight.requires_grad
+    with torch.no_grad():
+        assert (ours(x) - before).abs().max() <= TOL  # LoRA's B starts at zero
 
 
 def test_llama_embeds_input_and_bf16(tmp_path):
