@@ -519,8 +519,8 @@ class Llama(nn.Module):
     @torch.no_grad()
     def fuse_projections(self) -> None:
         """Inference layout (gpt-fast's wqkv/w13): q/k/v and gate/up each become one Linear over the
-        concatenated weights, so a decode step runs 4 GEMMs a layer instead of 7 (a compiled decode step
-        gains 5-17% on CPU: bench/results.md). The separate weights are released, so the checkpoint's
+        concatenated weights, so a decode step runs 4 GEMMs a layer instead of 7 (on CPU it pays in a
+        compiled decode step, not in eager mode: README "Speed", bench/levers.py). The separate weights are released, so the checkpoint's
         names no longer load into this model and LoRA cannot be added; LoRA'd layers are left as they are."""
         def fused(*parts: nn.Linear) -> nn.Linear:
             w = parts[0].weight
