@@ -520,8 +520,9 @@ class Llama(nn.Module):
     def fuse_projections(self) -> None:
         """Inference layout (gpt-fast's wqkv/w13): q/k/v and gate/up each become one Linear over the
         concatenated weights, so a decode step runs 4 GEMMs a layer instead of 7 (on CPU it pays in a
-        compiled decode step, not in eager mode: README "Speed", bench/levers.py). The separate weights are released, so the checkpoint's
-        names no longer load into this model and LoRA cannot be added; LoRA'd layers are left as they are."""
+        compiled decode step, not in eager mode: README "Speed", bench/levers.py). The separate weights
+        are released, so the checkpoint's names no longer load into this model and LoRA cannot be added;
+        LoRA'd layers are left as they are."""
         def fused(*parts: nn.Linear) -> nn.Linear:
             w = parts[0].weight
             out = nn.Linear(w.shape[1], sum(p.out_features for p in parts), bias=parts[0].bias is not None,

@@ -133,7 +133,7 @@ class Engine:
             if self.device.type == "cpu":
                 # weights become constants, prepacked for the CPU GEMM, and each GEMM shape is timed between
                 # oneDNN/MKL and inductor's own AMX/AVX-512 kernel (each lever measured: README "Speed",
-                # bench/levers.py; the first call then takes ~60-70 s instead of ~35 s)
+                # bench/levers.py; the first call then takes ~45-95 s instead of ~35 s)
                 import torch._inductor.config as inductor_config  # (torch.compile's options= does not reach these)
                 inductor_config.freezing = inductor_config.max_autotune = True
                 inductor_config.max_autotune_gemm_backends = "CPP,ATEN"
