@@ -12,8 +12,8 @@ Sections:
   2. Whisper encoder    the final state and the taps (its decoder, for ASR, is in asr/whisper.py)
   3. Llama family       Llama 3.x, SmolLM2, Qwen2.5-style biases; RMSNorm, llama3 RoPE, GQA, SwiGLU,
                         an optional static KV cache for generate.py
-  4. Tokenizer          tiktoken for Llama 3 `tokenizer.model` and byte-level BPE `tokenizer.json`,
-                        chat rendering (Llama 3 with the 3.1 date header, ChatML)
+  4. Tokenizer          tiktoken over the model's own ids (the file formats are read in
+                        tools/tokenizer_files.py), chat rendering (Llama 3 with the 3.1 date header, ChatML)
   5. Q-Former adapter   the official connector, with module names that mirror the released keys
   6. DeSTA              the fusion model, its chat context, its loss, and the official adapter layout
 
@@ -22,12 +22,10 @@ inference pipeline's untrained speech-recognition step (Silero VAD, Whisper's de
 """
 from __future__ import annotations
 
-import base64
 import json
 import math
 import os
 import re
-import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -56,15 +54,6 @@ def read_json(path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-
-
-def config_from_dict(cls, d: dict, source: str = "config"):
-    """Build one of our dataclass configs from a dict; an unknown field is an error, never ignored."""
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise CheckpointError(f"{source}: unknown field(s) {unknown} for {cls.__name__} (known: {sorted(names)})")
-    return cls(**d)
 
 
 def open_safetensors(path):
@@ -595,50 +584,7 @@ def add_lora(llm: Llama, rank: int = 16, alpha: float = 16.0, dropout: float = 0
 # 4. Tokenizer and chat formats (SPEC 7)
 # -----------------------------------------------------------------------------------------------
 
-LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-# GPT-2's pattern applied after splitting off every digit (HF's Digits(individual_digits) then
-# ByteLevel, SmolLM2): a digit also ends a whitespace run, hence (?![^\s\p{N}]) for (?!\S).
-GPT2_DIGITS_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"
-
-LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
-                  "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|reserved_special_token_2|>",
-                  "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>"]
-LLAMA3_SPECIAL += [f"<|reserved_special_token_{i}|>" for i in range(3, 256 - 8)]  # ids 128011..128255
 LLAMA31_DATE_HEADER = "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table used by byte-level BPE vocabularies."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    table, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
-
-
-def pretokenizer_pattern(pre: dict | None, source: str) -> str:
-    """The regex for an HF `pre_tokenizer` section, for the forms byte-level BPE models use."""
-    steps = (pre or {}).get("pretokenizers", [pre] if pre else [])
-    kinds = [s.get("type") for s in steps]
-    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
-        pattern = GPT2_PATTERN
-    elif kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits") and steps[1].get("use_regex", True):
-        pattern = GPT2_DIGITS_PATTERN
-    elif kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
-        pattern = steps[0]["pattern"].get("Regex")  # Llama 3, Qwen2: the regex is stored verbatim
-        if pattern is None:
-            raise CheckpointError(f"{source}: pre_tokenizer Split without a Regex pattern is not supported")
-    else:
-        raise CheckpointError(f"{source}: pre_tokenizer {kinds} is not supported")
-    if any(s.get("add_prefix_space") for s in steps if s.get("type") == "ByteLevel"):
-        raise CheckpointError(f"{source}: ByteLevel add_prefix_space=true is not supported")
-    return pattern
 
 
 def clean_up_tokenization(text: str) -> str:
@@ -650,11 +596,8 @@ def clean_up_tokenization(text: str) -> str:
 
 
 class Tokenizer:
-    """tiktoken underneath; ids are the model's own ids; renders chat for Llama 3 and ChatML models.
-
-    tiktoken merges by rank. For `tokenizer.json` we rank tokens by the position of the merge that made
-    them (bytes first), which is HF BPE's merge priority, and map ranks back to the model's ids.
-    """
+    """tiktoken underneath, over ranks read from the model's tokenizer file (from_file); ids are the model's
+    own ids; renders chat for Llama 3 and ChatML models."""
 
     def __init__(self, name: str, pattern: str, ranks: dict[bytes, int], special: dict[str, int],
                  rank_to_id: np.ndarray | None, chat_format: str, chat_template: str | None = None,
@@ -698,63 +641,23 @@ class Tokenizer:
             template = config.get("chat_template")
             if isinstance(template, list):  # some repos store several named templates
                 template = next((t["template"] for t in template if t.get("name") == "default"), None)
-        tok = None
-        if (folder / "tokenizer.json").is_file():
-            tok = cls.from_tokenizer_json(folder / "tokenizer.json", template)
-        for p in (folder / "tokenizer.model", folder / "original" / "tokenizer.model"):
-            if tok is None and p.is_file():
-                tok = cls.from_llama3_model(p)
-        if tok is None:
+        found = [p for p in (folder / "tokenizer.json", folder / "tokenizer.model", folder / "original" / "tokenizer.model")
+                 if p.is_file()]
+        if not found:
             raise CheckpointError(f"{folder}: no tokenizer.json or tokenizer.model")
+        tok = cls.from_file(found[0], template)
         # absent: false, the default of current transformers (a bare tokenizer.model has no config)
         tok.clean_up = bool(config.get("clean_up_tokenization_spaces", False))
         return tok
 
     @classmethod
-    def from_llama3_model(cls, path) -> "Tokenizer":
-        """Meta's `tokenizer.model`: lines of `base64(token bytes) rank`, plus 256 special tokens."""
-        ranks = {}
-        for i, line in enumerate(Path(path).read_text().splitlines()):
-            try:
-                tok, rank = line.split()
-                ranks[base64.b64decode(tok)] = int(rank)
-            except ValueError:
-                raise CheckpointError(f"{path}: line {i + 1} is not 'base64 rank'") from None
-        n = len(ranks)
-        special = {s: n + i for i, s in enumerate(LLAMA3_SPECIAL)}
-        return cls(Path(path).name, LLAMA3_PATTERN, ranks, special, None, "llama3")
-
-    @classmethod
-    def from_tokenizer_json(cls, path, chat_template=None) -> "Tokenizer":
-        d = read_json(path)
-        model = d.get("model", {})
-        if model.get("type") != "BPE":
-            raise CheckpointError(f"{path}: model.type={model.get('type')!r}, only byte-level BPE is supported")
-        pattern = pretokenizer_pattern(d.get("pre_tokenizer"), str(path))
-        byte_of = {c: b for b, c in bytes_to_unicode().items()}
-
-        def to_bytes(tok: str) -> bytes:
-            try:
-                return bytes(byte_of[c] for c in tok)
-            except KeyError:
-                raise CheckpointError(f"{path}: vocab token {tok!r} is not byte-level") from None
-
-        vocab = model["vocab"]
-        ranks: dict[bytes, int] = {bytes([b]): b for b in range(256)}
-        for m in model.get("merges", []):
-            a, b = m.split(" ", 1) if isinstance(m, str) else m
-            merged = to_bytes(a + b)
-            if merged not in ranks:
-                ranks[merged] = len(ranks)
-        # tokens that no merge produces (rare) still need a rank to be decodable
-        for tok in sorted(vocab, key=vocab.get):
-            ranks.setdefault(to_bytes(tok), len(ranks))
-        rank_to_id = np.zeros(len(ranks), dtype=np.int64)
-        for tok, i in vocab.items():
-            rank_to_id[ranks[to_bytes(tok)]] = i
-        special = {t["content"]: t["id"] for t in d.get("added_tokens", [])}
-        fmt = "llama3" if "<|start_header_id|>" in special else "chatml" if "<|im_start|>" in special else None
-        return cls(Path(path).name, pattern, ranks, special, rank_to_id, fmt, chat_template)
+    def from_file(cls, path, chat_template: str | None = None) -> "Tokenizer":
+        """A `tokenizer.json` (byte-level BPE) or Meta's Llama 3 `tokenizer.model`, read into tiktoken's ranks
+        by tools/tokenizer_files.py (a file format, not the method)."""
+        from tools import tokenizer_files
+        path = Path(path)
+        read = tokenizer_files.read_tokenizer_json if path.suffix == ".json" else tokenizer_files.read_llama3_model
+        return cls(**read(path), chat_template=chat_template)
 
     # -- encode / decode ---------------------------------------------------------------------
     def encode(self, text: str, bos: bool = False, allow_special: bool = False) -> list[int]:
@@ -1242,46 +1145,6 @@ def chunked_cross_entropy(lm_head: nn.Linear, h: torch.Tensor, labels: torch.Ten
         else:
             total = total + part(hh, yy)
     return total / y.numel()
-
-
-# -----------------------------------------------------------------------------------------------
-# Precision: picked at run time for the machine
-# -----------------------------------------------------------------------------------------------
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-BF16_MIN_SPEEDUP = 1.3  # bf16 must beat fp32 by this much on the CPU to be worth its rounding
-
-
-def bf16_matmul_speedup(n: int = 1024, budget_s: float = 0.5) -> float:
-    """fp32 time / bf16 time of an n x n matmul on this CPU (best of a few, bounded: a CPU that emulates
-    bf16 is 10x+ slower and is stopped after one product)."""
-    def best(dtype):
-        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-        a @ b
-        times, t_end = [], time.perf_counter() + budget_s / 2
-        while len(times) < 5 and (not times or time.perf_counter() < t_end):
-            t = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - t)
-        return min(times)
-    return best(torch.float32) / best(torch.bfloat16)
-
-
-def pick_dtype(device, choice: str = "auto") -> tuple[torch.dtype, str]:
-    """The backbones' precision: `choice` if given; auto = bf16 on a GPU, and on a CPU whose bf16 matmul
-    beats fp32 (AMX: ~6x measured), fp32 elsewhere (without AMX, bf16 is slower). -> (dtype, why)."""
-    if choice != "auto":
-        if choice not in DTYPES:
-            raise ValueError(f"dtype {choice!r}: one of auto, {', '.join(DTYPES)}")
-        return DTYPES[choice], "requested"
-    if str(device).startswith("cuda"):
-        return torch.bfloat16, "GPU"
-    cap = torch.backends.cpu.get_cpu_capability()
-    if "AVX512" not in cap and "AMX" not in cap:  # no bf16 instructions at all: emulated, many times slower
-        return torch.float32, f"CPU has {cap}, no bf16 matmul instructions"
-    r = bf16_matmul_speedup()
-    why = f"bf16 matmul {r:.2f}x fp32 on this CPU ({cap}; bf16 needs >= {BF16_MIN_SPEEDUP}x)"
-    return (torch.bfloat16 if r >= BF16_MIN_SPEEDUP else torch.float32), why
 
 
 PROJECT_DIR = Path(__file__).resolve().parent

@@ -284,13 +284,8 @@ def load_backbones(checkpoint=None, llm=None, asr=None, need_asr=True, dtype=tor
         asr = asr or (model.cfg.encoder_model_id if model is not None else None)
         if asr is None:
             raise ValueError("transcripts need a Whisper ASR folder (--asr)")
-        from asr.vad import SileroVAD
-        from asr.whisper import Whisper
-        asr_dir = desta.resolve_weights(asr)
-        bb.asr = Whisper.from_pretrained(asr_dir, encoder_dtype, device)
-        if model is not None and asr_dir == desta.resolve_weights(model.cfg.encoder_model_id):
-            model.whisper = bb.asr.encoder  # one copy of the encoder serves both
-        bb.vad = SileroVAD.from_pretrained()
+        from asr.pipeline import load_asr
+        bb.asr, bb.vad = load_asr(desta.resolve_weights(asr), encoder_dtype, device, model)
     return bb
 
 
@@ -321,12 +316,12 @@ def load_clips(paths, n_mels_list, device):
 
 def ensure_transcripts(bb, paths, waves, mels):
     """Fill bb.transcripts for these clips (VAD-gated Whisper, ENCODE_BATCH clips at a time)."""
+    from asr.pipeline import transcribe_if_speech
     todo = [i for i, p in enumerate(paths) if p not in bb.transcripts]
     mel = mels[bb.asr.encoder.cfg.n_mels]
     for j in range(0, len(todo), ENCODE_BATCH):
         idx = todo[j:j + ENCODE_BATCH]
-        texts = generate.transcribe_if_speech([waves[i] for i in idx], mel[idx], bb.vad, bb.asr,
-                                              language=bb.language)
+        texts = transcribe_if_speech([waves[i] for i in idx], mel[idx], bb.vad, bb.asr, language=bb.language)
         for i, t in zip(idx, texts):
             bb.transcripts[paths[i]] = t
 
@@ -585,9 +580,10 @@ def write_table(path, text):
 
 
 def llm_dtype(args) -> torch.dtype:
-    """--dtype resolved for this machine (desta.pick_dtype), said once, when a model is first loaded."""
+    """--dtype resolved for this machine (tools/cli.py), said once, when a model is first loaded."""
+    from tools import cli
     if not isinstance(args.dtype, torch.dtype):
-        dtype, why = desta.pick_dtype(args.device, args.dtype)
+        dtype, why = cli.pick_dtype(args.device, args.dtype)
         print(f"precision: {str(dtype).removeprefix('torch.')} ({why})", file=sys.stderr)
         args.dtype = dtype
     return args.dtype
@@ -596,10 +592,11 @@ def llm_dtype(args) -> torch.dtype:
 def load_system(args):
     """The backbones --system needs: DeSTA (--checkpoint), or the bare LLM (--llm, else the checkpoint's)
     with Whisper ASR for the cascade (--asr, else the checkpoint's encoder)."""
+    from tools import cli
     dtype = llm_dtype(args)
     if args.system == "desta":
         bb = load_backbones(args.checkpoint, args.llm, args.asr, dtype=dtype, device=args.device,
-                            encoder_dtype=generate.DTYPES[args.encoder_dtype])
+                            encoder_dtype=cli.DTYPES[args.encoder_dtype])
         bb.language = args.language
         return bb
     cfg = args.checkpoint and desta.DeSTAConfig.from_json(desta.resolve_weights(args.checkpoint) / "config.json")
@@ -610,7 +607,7 @@ def load_system(args):
     if args.system == "cascade" and asr is None:
         raise ValueError("--system cascade needs --asr (or a --checkpoint whose config names the encoder)")
     bb = load_backbones(None, llm, asr, need_asr=args.system == "cascade", dtype=dtype, device=args.device,
-                        encoder_dtype=generate.DTYPES[args.encoder_dtype])
+                        encoder_dtype=cli.DTYPES[args.encoder_dtype])
     bb.language = args.language
     return bb
 
@@ -643,8 +640,9 @@ def main_ppl(args):
 
 
 def main(argv=None):
-    # the benchmarks are imported here, never at the top: they import this file, not the reverse
+    # tooling is imported here, never at the top: it imports this file, not the reverse
     from benchmarks import common, speech_ifeval, tiny, voicebench
+    from tools import cli
 
     p = argparse.ArgumentParser(description="Run and score benchmarks (DeSTA2.5-Audio, SPEC 10).")
     p.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS) + ["tiny", "ppl", "report", "coverage"])
@@ -662,7 +660,7 @@ def main(argv=None):
     p.add_argument("--predictions", help="score only: jsonl of {id, response} (or a json list with model_output / "
                    "model_prediction); default: responses already in the data rows")
     p.add_argument("--subset", help="VoiceBench subset: " + ", ".join(voicebench.VOICEBENCH_RULE_SUBSETS))
-    p.add_argument("--limit", type=generate.at_least_one, help="only the first N rows (tiny: N clips, in turn from each dataset; "
+    p.add_argument("--limit", type=cli.at_least_one, help="only the first N rows (tiny: N clips, in turn from each dataset; "
                    "ppl: N rows evenly spread over the manifest)")
     p.add_argument("--out", default="out/eval", help="folder for predictions, scores and the table")
     p.add_argument("--model-name", help="row label in the markdown table")
@@ -670,19 +668,19 @@ def main(argv=None):
     p.add_argument("--reference-ifrate", type=float, default=speech_ifeval.SPEECH_IFEVAL_REFERENCE_IFRATE)
     p.add_argument("--judge-verdicts", help="Speech-IFEval: released judge verdicts of these responses "
                    "(reports/llm_eval@chain-of-thought.jsonl) score the chain-of-thought part offline")
-    p.add_argument("--max-new-tokens", type=generate.at_least_one, default=512,
+    p.add_argument("--max-new-tokens", type=cli.at_least_one, default=512,
                    help="for prompts without a budget of their own (Speech-IFEval: 2048, its protocol)")
-    p.add_argument("--batch-size", type=generate.at_least_one, default=16, help="generation slots")
-    p.add_argument("--chunk", type=generate.at_least_one, default=RUN_CHUNK, help="prompts per engine call")
-    p.add_argument("--batch-tokens", type=generate.at_least_one, default=PPL_BATCH_TOKENS,
+    p.add_argument("--batch-size", type=cli.at_least_one, default=16, help="generation slots")
+    p.add_argument("--chunk", type=cli.at_least_one, default=RUN_CHUNK, help="prompts per engine call")
+    p.add_argument("--batch-tokens", type=cli.at_least_one, default=PPL_BATCH_TOKENS,
                    help="ppl: padded tokens per forward")
-    p.add_argument("--dtype", choices=["auto", *sorted(generate.DTYPES)], default="auto",
+    p.add_argument("--dtype", choices=["auto", *sorted(cli.DTYPES)], default="auto",
                    help="the LLM's precision; auto: bf16 on a GPU or a CPU whose bf16 matmul beats fp32 (AMX), "
                    "else fp32")
-    p.add_argument("--encoder-dtype", choices=sorted(generate.DTYPES), default="fp32",
+    p.add_argument("--encoder-dtype", choices=sorted(cli.DTYPES), default="fp32",
                    help="Whisper's precision (encoder and ASR); the authors run it in fp32, the LLM in bf16")
     p.add_argument("--language", help="force the ASR language (e.g. fr); default: Whisper detects it per clip")
-    p.add_argument("--device", default=generate.device_for(0))
+    p.add_argument("--device", default=cli.device_for(0))
     p.add_argument("--split", default=tiny.TINY_SPLIT, help="tiny: the manifest split to ask about")
     p.add_argument("--audio-root", help="tiny: folder the manifest ids are relative to (default: its folder)")
     p.add_argument("--seed", type=int, default=tiny.TINY_SEED, help="tiny: option order")

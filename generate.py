@@ -18,25 +18,18 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
-import os
 import random
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 import data
 import desta
-
-if TYPE_CHECKING:  # asr/ is tooling beside the scripts: imported lazily, where inference loads it
-    from asr.vad import SileroVAD
-    from asr.whisper import Whisper
 
 # -----------------------------------------------------------------------------------------------
 # Sampling
@@ -489,32 +482,6 @@ def merge_parts(out, seed_rows: list[dict], pools: dict[str, list[str]], k: int,
 
 
 @torch.no_grad()
-def transcribe_if_speech(waves: list, mel: torch.Tensor, vad: SileroVAD | None, asr: Whisper | None,
-                         given: list | None = None, vad_with_given: bool = True, language: str | None = None,
-                         max_new_tokens: int = 128) -> list[str]:
-    """The authors' inference (modeling_desta25.generate): the VAD runs on every clip, and a clip
-    without speech gets " " even when a transcription is given; a clip with speech keeps its given
-    text (given[i] not None) or gets Whisper's (<= 128 tokens, language detected unless forced),
-    which stays "" when Whisper decodes nothing (no token, as the authors' code). The VAD listens to
-    the first 30 s only, the window Whisper transcribes (mel): speech after it would otherwise send
-    Whisper 30 s of silence to transcribe.
-    vad_with_given=False: a given text is used as it is, without asking the VAD."""
-    given = list(given) if given is not None else [None] * len(waves)
-    texts, todo = list(given), []
-    for i, (w, g) in enumerate(zip(waves, given)):
-        if g is not None and not vad_with_given:
-            continue
-        if not vad.has_speech(w[:data.N_SAMPLES]):
-            texts[i] = " "
-        elif g is None:
-            todo.append(i)
-    if todo:
-        for i, t in zip(todo, asr.transcribe(mel[todo], max_new_tokens=max_new_tokens, language=language)):
-            texts[i] = t
-    return texts
-
-
-@torch.no_grad()
 def desta_inputs(model: desta.DeSTA, conversations: list[list[dict]], transcriptions: list[list[str]],
                  audio: torch.Tensor) -> list[torch.Tensor]:
     """Conversations with audio locators -> one (T_i, dim) embedding prompt each, without padding.
@@ -554,80 +521,17 @@ def answer(model: desta.DeSTA, mel: torch.Tensor | desta.EncodedAudio, prompts: 
 # -----------------------------------------------------------------------------------------------
 
 
-def dist_setup() -> tuple[int, int]:
-    """(rank, world) under torchrun; (0, 1) for a plain `python generate.py`."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    rank = int(os.environ.get("RANK", 0))
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return rank, world
-
-
-def device_for(rank: int) -> str:
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
-    return "cpu"
-
-
-DTYPES = desta.DTYPES
-
-
-def bounded(kind, low, high=None):
-    """argparse type: a number of `kind` in [low, high]. Counts of 0 would do nothing or crash (batch size,
-    new tokens), 0 prompts of a pool means none (--k), top-p is a probability, a temperature below 0 means
-    nothing. The error names the range; a non-number gets argparse's "invalid int value"."""
-    def parse(text):
-        v = kind(text)
-        if v < low or (high is not None and v > high):
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {v}" if high is None else
-                                             f"must be in [{low}, {high}], got {v}")
-        return v
-    parse.__name__ = kind.__name__
-    return parse
-
-
-at_least_one, at_least_zero = bounded(int, 1), bounded(int, 0)
-probability, non_negative = bounded(float, 0, 1), bounded(float, 0)  # --top-p; --temperature (0: greedy)
-
-
-def stop_text(text: str) -> str:
-    """argparse type for --stop: a shell passes '\\n' as two characters. An empty stop would cut every answer
-    to nothing."""
-    stop = text.replace("\\n", "\n").replace("\\t", "\t")
-    if not stop:
-        raise argparse.ArgumentTypeError("must not be empty")
-    return stop
-
-
-def check_selfgen_settings(out: Path, settings: dict, write: bool) -> None:
-    """Rows in one output come from one set of generation settings: a rerun with others (another
-    --max-new-tokens, --temperature, LLM...) would append a second kind of row to the first, or call a
-    file written with other settings complete. The first run records them in <out>.settings.json."""
-    path = out.with_name(out.name + ".settings.json")
-    have_rows = out.is_file() or any(out.parent.glob(f"{out.name}.part*"))
-    if path.is_file() and have_rows:  # settings of a run that wrote nothing bind nobody
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        diff = [f"{k}={saved[k]!r} (now {v!r})" for k, v in settings.items() if k in saved and saved[k] != v]
-        if diff:
-            raise data.ManifestError(f"{out} was generated with other settings: {'; '.join(diff)} (from {path}). "
-                                     f"Rerun with those settings, or write to another --out")
-    if write:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(settings, indent=2), encoding="utf-8")
-        os.replace(tmp, path)
-
-
 def main_selfgen(argv):
+    from tools import cli, resume
     ap = argparse.ArgumentParser(prog="generate.py selfgen",
                                  description="self-generate training targets with the backbone LLM (SPEC 1)")
     ap.add_argument("--seeds", required=True, help="seed manifest (jsonl)")
     ap.add_argument("--llm", required=True, help="backbone LLM folder (HF layout) or repo id under weights/")
     ap.add_argument("--out", required=True, help="training manifest to write (jsonl, DeSTA-AQA5M layout)")
     ap.add_argument("--split", default=None, help="only seed rows of this split")
-    ap.add_argument("--k", type=at_least_zero, default=4,
+    ap.add_argument("--k", type=cli.at_least_zero, default=4,
                     help="prompts per clip from the general pools (0: attribute prompts alone, with --k-attributes)")
-    ap.add_argument("--k-attributes", type=at_least_zero, default=0,
+    ap.add_argument("--k-attributes", type=cli.at_least_zero, default=0,
                     help="more prompts per clip from the attribute pools (one property per question)")
     ap.add_argument("--balance", action="store_true",
                     help="upsample small corpora: up to 4k prompts per clip, towards the largest corpus's rows")
@@ -637,16 +541,16 @@ def main_selfgen(argv):
     ap.add_argument("--speech-attribute-prompts", default=PROMPT_POOLS["speech_attributes"])
     ap.add_argument("--sound-attribute-prompts", default=PROMPT_POOLS["sound_attributes"])
     ap.add_argument("--fixed-prompt", default=None, help="use this one prompt for every clip (the paper's 1-P)")
-    ap.add_argument("--max-new-tokens", type=at_least_one, default=SELFGEN_SAMPLING.max_new_tokens)
-    ap.add_argument("--temperature", type=non_negative, default=SELFGEN_SAMPLING.temperature)
-    ap.add_argument("--top-p", type=probability, default=SELFGEN_SAMPLING.top_p)
-    ap.add_argument("--stop", type=stop_text, default=None,
+    ap.add_argument("--max-new-tokens", type=cli.at_least_one, default=SELFGEN_SAMPLING.max_new_tokens)
+    ap.add_argument("--temperature", type=cli.non_negative, default=SELFGEN_SAMPLING.temperature)
+    ap.add_argument("--top-p", type=cli.probability, default=SELFGEN_SAMPLING.top_p)
+    ap.add_argument("--stop", type=cli.stop_text, default=None,
                     help="end each answer at the first occurrence of this text, e.g. '\\n\\n' (the first paragraph); "
                     "\\n and \\t are read as a newline and a tab")
-    ap.add_argument("--batch-size", type=at_least_one, default=16)
-    ap.add_argument("--dtype", choices=["auto", *sorted(DTYPES)], default="auto",
+    ap.add_argument("--batch-size", type=cli.at_least_one, default=16)
+    ap.add_argument("--dtype", choices=["auto", *sorted(cli.DTYPES)], default="auto",
                     help="auto: bf16 on a GPU or a CPU whose bf16 matmul beats fp32 (AMX), else fp32")
-    ap.add_argument("--limit", type=at_least_one, default=None, help="only N seed rows, evenly spread over the manifest")
+    ap.add_argument("--limit", type=cli.at_least_one, default=None, help="only N seed rows, evenly spread over the manifest")
     ap.add_argument("--one-voice", action="store_true",
                     help="only clips whose seed description has one spoken segment (questions about the speaker)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the decode step (pays off on long jobs)")
@@ -659,7 +563,7 @@ def main_selfgen(argv):
     if a.fixed_prompt and a.k_attributes:
         ap.error("--fixed-prompt is the one-prompt ablation: leave out --k-attributes")
     out = Path(a.out)
-    rank, world = dist_setup()
+    rank, world = cli.dist_setup()
     # rows are keyed by (id, prompt): a second clip with the same id would take the first's rows
     rows = data.read_jsonl(a.seeds, required=("id", "seed_description"), unique="id")
     rows = [r for r in rows if (a.split is None or r.get("split") == a.split)
@@ -680,7 +584,7 @@ def main_selfgen(argv):
     if a.source == "backbone":
         settings.update(llm=str(a.llm), max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
                         stop=a.stop)
-    check_selfgen_settings(out, settings, write=rank == 0)
+    resume.check_selfgen_settings(out, settings, write=rank == 0)
     if a.source == "template":  # same (clip, prompt) pairs as the backbone would get; instant
         written = [training_row(r, p, data.templated_answer(r["seed_description"]))
                    for r in rows for p in choose_prompts(r, pools, k, a.seed, a.k_attributes)]
@@ -693,9 +597,9 @@ def main_selfgen(argv):
             print(f"{out}: complete ({len(have)} rows), nothing to do", file=sys.stderr)
             return
     llm_dir = desta.resolve_weights(a.llm)
-    dtype, why = desta.pick_dtype(device_for(rank), a.dtype)
+    dtype, why = cli.pick_dtype(cli.device_for(rank), a.dtype)
     print(f"selfgen: {str(dtype).removeprefix('torch.')} ({why})", file=sys.stderr)
-    llm = desta.Llama.from_pretrained(llm_dir, dtype, device_for(rank))
+    llm = desta.Llama.from_pretrained(llm_dir, dtype, cli.device_for(rank))
     tok = desta.Tokenizer.from_pretrained(llm_dir)
     sampling = Sampling(a.max_new_tokens, a.temperature, a.top_p)
     stats = self_generate(llm, tok, rows, pools, out, k, a.seed, sampling, a.batch_size, rank, world,
@@ -716,18 +620,17 @@ def load_for_inference(checkpoint, dtype=torch.float32, encoder_dtype=torch.floa
     """DeSTA, its Whisper ASR (sharing the encoder) and the VAD, each module in the authors' precision:
     Whisper (encoder and ASR decoder) and the adapter in encoder_dtype (fp32), the LLM in dtype.
     -> (model, asr or None, vad)."""
+    from asr.pipeline import load_asr
     model = desta.DeSTA.from_pretrained(desta.resolve_weights(checkpoint), dtype=dtype, device=device,
                                         encoder_dtype=encoder_dtype).eval()
-    from asr.vad import SileroVAD
-    from asr.whisper import Whisper
-    asr = None
-    if need_asr:
-        asr = Whisper.from_pretrained(desta.resolve_weights(model.cfg.encoder_model_id), encoder_dtype, device)
-        model.whisper = asr.encoder  # one copy of the encoder serves both
-    return model, asr, SileroVAD.from_pretrained()
+    asr, vad = load_asr(desta.resolve_weights(model.cfg.encoder_model_id) if need_asr else None, encoder_dtype,
+                        device, model)
+    return model, asr, vad
 
 
 def main_infer(argv):
+    from asr.pipeline import transcribe_if_speech
+    from tools import cli
     ap = argparse.ArgumentParser(prog="generate.py", description="DeSTA2.5-Audio inference on audio files")
     ap.add_argument("--audio", nargs="*", default=[], help="audio file(s); several batch together")
     ap.add_argument("--prompt", required=True, help="the instruction (one for all files)")
@@ -741,14 +644,14 @@ def main_infer(argv):
                     help="force Whisper's language (e.g. fr); default: detected per clip, as the authors' code")
     ap.add_argument("--llm", default=None, help="text-only mode: talk to this bare LLM (no --audio)")
     ap.add_argument("--system", default=desta.DEFAULT_SYSTEM)
-    ap.add_argument("--max-new-tokens", type=at_least_one, default=512)
-    ap.add_argument("--temperature", type=non_negative, default=0.0)
-    ap.add_argument("--top-p", type=probability, default=1.0)
+    ap.add_argument("--max-new-tokens", type=cli.at_least_one, default=512)
+    ap.add_argument("--temperature", type=cli.non_negative, default=0.0)
+    ap.add_argument("--top-p", type=cli.probability, default=1.0)
     ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--dtype", choices=["auto", *sorted(DTYPES)], default="auto",
+    ap.add_argument("--dtype", choices=["auto", *sorted(cli.DTYPES)], default="auto",
                     help="the LLM's precision; auto: bf16 on a GPU or a CPU whose bf16 matmul beats fp32 (AMX), "
                     "else fp32")
-    ap.add_argument("--encoder-dtype", choices=sorted(DTYPES), default="fp32",
+    ap.add_argument("--encoder-dtype", choices=sorted(cli.DTYPES), default="fp32",
                     help="Whisper's (encoder and ASR) precision; the authors run it in fp32")
     ap.add_argument("--out", default=None, help="also write one json line per file: audio, transcription, "
                     "response, response_ids, vad")
@@ -757,8 +660,8 @@ def main_infer(argv):
         ap.error("--llm is the text-only mode and takes no --audio (the LLM would never hear it); drop --llm "
                  "to ask DeSTA about the audio (its LLM comes from --checkpoint)")
     sampling = Sampling(a.max_new_tokens, a.temperature, a.top_p, a.seed)
-    device = device_for(0)
-    dtype, why = desta.pick_dtype(device, a.dtype)
+    device = cli.device_for(0)
+    dtype, why = cli.pick_dtype(device, a.dtype)
     print(f"precision: {str(dtype).removeprefix('torch.')} ({why})", file=sys.stderr)
     if a.llm or not a.audio:
         llm_dir = desta.resolve_weights(a.llm or desta.DeSTAConfig().llm_model_id)
@@ -768,7 +671,7 @@ def main_infer(argv):
         print(tok.decode(out[0], skip_special=True).strip())
         return
     given = a.transcription is not None
-    model, asr, vad = load_for_inference(a.checkpoint, dtype, DTYPES[a.encoder_dtype], device, need_asr=not given)
+    model, asr, vad = load_for_inference(a.checkpoint, dtype, cli.DTYPES[a.encoder_dtype], device, need_asr=not given)
     waves = [data.load_audio(p) for p in a.audio]
     mel = data.log_mel_spectrogram(torch.stack([torch.as_tensor(data.pad_or_trim(w)) for w in waves]),
                                    model.whisper.cfg.n_mels).to(device)

@@ -14,17 +14,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import pickle
-import random
-import shutil
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -71,7 +66,7 @@ class TrainConfig:
     val_max_seq_len: int = 512
     seed: int = 42
     # machinery
-    dtype: str = "auto"           # backbones: auto = bf16 on a GPU or an AMX CPU, else fp32 (desta.pick_dtype)
+    dtype: str = "auto"           # backbones: auto = bf16 on a GPU or an AMX CPU, else fp32 (tools/cli.py)
     autocast: str = "auto"        # auto = bf16 autocast when the backbones are bf16; "none" or "bf16" to force
     num_workers: int = 2
     compile: bool = False
@@ -130,38 +125,11 @@ PRESETS = {
 
 # earlier names of fields, still read on the command line
 RENAMED = {"qformer_layers": "qformer_num_hidden_layers", "taps": "target_layer_ids", "lora": "use_lora"}
-BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 # the smallest value each field may take (more would be a silent 0-step run or a division by zero)
 MINIMUM = dict(batch_size=1, global_batch=1, epochs=1, max_steps=0, warmup_steps=0, num_workers=0, log_every=1,
                eval_every=1, eval_batches=0, eval_samples=0, eval_max_new_tokens=1, save_every=1, keep_last=1,
                max_seq_len=1, val_max_seq_len=1, loss_chunk=1, qformer_num_hidden_layers=1, qformer_ffn_dim=1,
                prompt_size=1, skip_check_after=0)
-
-
-def parse_value(key: str, value: str | None, default):
-    """One --key=value as the type of the field's default; a value that does not parse is an error
-    naming the flag (a bare --key is only a boolean's way to say true)."""
-    if isinstance(default, bool):
-        if value is None:
-            return True
-        if value.lower() not in BOOLEANS:
-            raise SystemExit(f"--{key}={value}: expected a boolean (true/false, 1/0, yes/no, on/off)")
-        return BOOLEANS[value.lower()]
-    if value is None:
-        raise SystemExit(f"--{key} needs a value: --{key}=VALUE")
-    try:
-        if isinstance(default, tuple):
-            parsed = tuple(float(x) for x in value.split(","))
-            if len(parsed) != len(default):
-                raise ValueError
-            return parsed
-        return type(default)(value)
-    except ValueError:
-        if isinstance(default, tuple):
-            want, example = f"{len(default)} comma-separated numbers", ",".join(map(str, default))
-        else:
-            want, example = {int: "an integer", float: "a number"}.get(type(default), type(default).__name__), default
-        raise SystemExit(f"--{key}={value}: expected {want}, e.g. --{key}={example}") from None
 
 
 def check_config(cfg: TrainConfig) -> TrainConfig:
@@ -181,22 +149,9 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
 
 
 def parse_config(argv: list[str]) -> TrainConfig:
-    """--preset=NAME first, then --key=value overrides with the field's type; unknown keys are errors."""
-    bad = [a for a in argv if not a.startswith("--")]
-    if bad:
-        raise SystemExit(f"arguments must look like --key=value, got {bad}")
-    args = dict(a[2:].split("=", 1) if "=" in a else (a[2:], None) for a in argv)
-    preset = args.pop("preset", "tiny")
-    if preset not in PRESETS:
-        raise SystemExit(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    values = dict(PRESETS[preset])
-    known = {f.name for f in fields(TrainConfig)}
-    for k, v in args.items():
-        name = RENAMED.get(k, k)
-        if name not in known:
-            raise SystemExit(f"unknown config key --{k} (known: {', '.join(sorted(known))})")
-        values[name] = parse_value(k, v, getattr(TrainConfig, name))  # the error names the flag as typed
-    return check_config(TrainConfig(**values))
+    """--preset=NAME (default tiny), then --key=value overrides with each field's type (tools/cli.py)."""
+    from tools.cli import parse_overrides
+    return check_config(TrainConfig(**parse_overrides(TrainConfig, argv, PRESETS, "tiny", RENAMED)))
 
 
 def model_config(cfg: TrainConfig) -> desta.DeSTAConfig:
@@ -232,96 +187,6 @@ def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
-
-
-# -----------------------------------------------------------------------------------------------
-# Checkpoints: the adapter in the official layout + the training state, written atomically
-# -----------------------------------------------------------------------------------------------
-
-
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
-
-
-def peak_flops(cfg: TrainConfig) -> float:
-    if cfg.peak_tflops:
-        return cfg.peak_tflops * 1e12
-    name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
-    return next((v * 1e12 for k, v in PEAK_BF16_TFLOPS.items() if k in name), 0.0)
-
-
-def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
-    if s["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
-def checkpoint_problem(ckpt: Path, world: int) -> str | None:
-    """Why a ckpt-* folder cannot be resumed from (a file lost after the atomic rename), or None."""
-    need = ("config.json", "model.safetensors", "train_state.pt", *(f"rng-{r}.pt" for r in range(world)))
-    missing = [f for f in need if not (ckpt / f).is_file()]
-    return f"missing {', '.join(missing)}" if missing else None
-
-
-def complete_checkpoints(out_dir: Path, world: int, warn: bool = False) -> list[Path]:
-    """The ckpt-* folders a run can resume from, oldest first; broken ones are named (warn) and left out."""
-    done = []
-    for p in sorted(out_dir.glob("ckpt-*")):
-        why = checkpoint_problem(p, world)
-        if why is None:
-            done.append(p)
-        elif warn:
-            print(f"skipping broken checkpoint {p} ({why})", file=sys.stderr, flush=True)
-    return done
-
-
-def load_state(path: Path):
-    """torch.load of a checkpoint's own pickles, naming the file when it is truncated or corrupt."""
-    try:
-        return torch.load(path, weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
-        raise desta.CheckpointError(f"{path}: cannot be read ({e}); delete {path.parent} to resume from the "
-                                    f"checkpoint before it") from None
-
-
-def latest_checkpoint(out_dir: Path, world: int = 1, warn: bool = True) -> Path | None:
-    done = complete_checkpoints(out_dir, world, warn)
-    return done[-1] if done else None
-
-
-def save_checkpoint(model, opt, step, epoch, batch_in_epoch, cfg, rank, world, out_dir: Path,
-                    rows: int | None = None) -> None:
-    """Every rank writes its RNG state into a temp folder; rank 0 writes the rest and renames it.
-    rows: the training manifest's row count, checked on resume."""
-    tmp, final = out_dir / f".tmp-ckpt-{step:08d}", out_dir / f"ckpt-{step:08d}"
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    barrier(world)
-    torch.save(rng_state(), tmp / f"rng-{rank}.pt")
-    barrier(world)
-    if rank == 0:
-        model.save_pretrained(tmp)
-        torch.save({"optimizer": opt.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                    "world": world, "config": asdict(cfg), "rows": rows}, tmp / "train_state.pt")
-        # a ckpt folder of this step can only be a broken one (a complete one would have been resumed
-        # from): os.replace cannot overwrite a non-empty folder, so it goes first
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)  # a checkpoint folder exists only once complete
-        for old in complete_checkpoints(out_dir, world)[:-cfg.keep_last]:  # broken ones are not kept ones
-            shutil.rmtree(old)
-    barrier(world)
-
-
-def barrier(world: int) -> None:
-    if world > 1:
-        dist.barrier()
 
 
 # -----------------------------------------------------------------------------------------------
@@ -402,7 +267,8 @@ def feature_cache(cfg: TrainConfig, model, rows: list[dict], rank: int, world: i
                               next(model.whisper.parameters()).dtype)
     clips = list(dict.fromkeys(a["audio"] for r in rows for a in data.row_audios(r)))
     cache.build(model.whisper, clips[rank::world], log=log)
-    barrier(world)
+    if world > 1:
+        dist.barrier()
     return cache
 
 
@@ -422,11 +288,22 @@ def model_inputs(model, batch, max_len, device) -> desta.DeSTABatch:
 # -----------------------------------------------------------------------------------------------
 
 
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
+
+
+def peak_flops(cfg: TrainConfig) -> float:
+    if cfg.peak_tflops:
+        return cfg.peak_tflops * 1e12
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
+    return next((v * 1e12 for k, v in PEAK_BF16_TFLOPS.items() if k in name), 0.0)
+
+
 def main(argv: list[str] | None = None) -> dict:
+    from tools import cli, resume
     cfg = parse_config(sys.argv[1:] if argv is None else argv)
-    rank, world = generate.dist_setup()  # torchrun's ranks: NCCL on GPU, gloo on CPU
+    rank, world = cli.dist_setup()  # torchrun's ranks: NCCL on GPU, gloo on CPU
     cuda = torch.cuda.is_available()
-    device = generate.device_for(rank)
+    device = cli.device_for(rank)
     if cuda:
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -444,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- model: frozen backbones, fresh adapter (PyTorch default init), seeded identically everywhere
     torch.manual_seed(cfg.seed)
-    dtype, why = desta.pick_dtype(device, cfg.dtype)
+    dtype, why = cli.pick_dtype(device, cfg.dtype)
     model = desta.DeSTA.from_config(model_config(cfg), dtype=dtype, device=device)
     model.llm.checkpoint_layers = cfg.checkpoint_layers
     if cfg.compile:
@@ -489,13 +366,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- resume, or start from a given adapter
     step, epoch, batch_in_epoch = 0, 0, 0
-    ckpt = latest_checkpoint(out_dir, world, warn=master)
+    ckpt = resume.latest_checkpoint(out_dir, world, warn=master)
     if cfg.init_adapter and ckpt is None:
         check_init_adapter(Path(cfg.init_adapter), model)
         model.load_adapter(cfg.init_adapter)
         log(f"adapter initialised from {cfg.init_adapter}")
     if ckpt is not None:
-        state = load_state(ckpt / "train_state.pt")
+        state = resume.load_state(ckpt / "train_state.pt")
         if state["world"] != world:
             raise SystemExit(f"{ckpt} was written by {state['world']} ranks; resume with the same world size")
         changes = resume_changes(state["config"], cfg, state.get("rows"), len(rows))
@@ -510,7 +387,7 @@ def main(argv: list[str] | None = None) -> dict:
                              f"group(s), this run's {len(opt.param_groups)} (--proj_lr_scale); train into a new --out_dir")
         opt.load_state_dict(state["optimizer"])
         step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        set_rng_state(load_state(ckpt / f"rng-{rank}.pt"))
+        resume.set_rng_state(resume.load_state(ckpt / f"rng-{rank}.pt"))
         log(f"resumed from {ckpt} at step {step}")
     if master:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -618,7 +495,7 @@ def main(argv: list[str] | None = None) -> dict:
                 for s in v["samples"]:
                     log(f"  [{s['id']}] {s['prompt']}\n    -> {s['answer'][:200]!r}")
             if step % cfg.save_every == 0 or step == total:
-                save_checkpoint(model, opt, step, epoch, batch_in_epoch, cfg, rank, world, out_dir, len(rows))
+                resume.save_checkpoint(model, opt, step, epoch, batch_in_epoch, cfg, rank, world, out_dir, len(rows))
         if seen and skipped == seen:  # else a manifest whose audio is all unreadable would loop forever
             raise SystemExit(f"stopping: all {seen} clips read so far were unreadable (e.g. {first_error}); "
                              f"check data_root={cfg.data_root} and the manifest's audio paths")

@@ -5,6 +5,8 @@ and, if it does, transcribes it with Whisper (the same checkpoint whose encoder 
 The transcription goes into the chat context after the audio vectors. Neither step is trained, so
 they live here rather than in desta.py:
 
+    pipeline.py  the step itself: VAD, then Whisper on the clips with speech (transcribe_if_speech), and
+                 loading both so that DeSTA and the ASR share one encoder (load_asr)
     vad.py       Silero VAD in plain PyTorch, weights read from the pinned silero-vad wheel
     whisper.py   Whisper's text decoder and greedy, batched, KV-cached transcription
 """

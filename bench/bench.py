@@ -5,7 +5,7 @@ make bench: one speed table from one run on this machine (CPU), tiny preset weig
 
   gen      SmolLM2-135M-Instruct greedy, 16 prompts of ~100 tokens x 128 new tokens, and batch 1: our
            engine (eager, and with its decode step compiled) vs transformers' generate, same weights and
-           prompts, for each precision the machine runs well (fp32; bf16 where desta.pick_dtype picks it);
+           prompts, for each precision the machine runs well (fp32; bf16 where cli.pick_dtype picks it);
            the outputs compared (identical sequences; share of tokens before the first difference)
   selfgen  self-generation at the picked precision, continuous vs static batching: 256 rows of ~70-token
            prompts with skewed answers, 128 rows of ~400-token prompts with 4-32-token answers, and 256 rows
@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 import data  # noqa: E402
 import desta  # noqa: E402
 import generate  # noqa: E402
+from tools import cli  # noqa: E402
 
 WEIGHTS = ROOT / "weights"
 SMOL = WEIGHTS / "HuggingFaceTB" / "SmolLM2-135M-Instruct"
@@ -112,10 +113,10 @@ def chat_prompts(tok, n, words=70, repeat=1):
 
 def precisions():
     """-> ([(name, dtype)], picked name, why): fp32 always, and bf16 where it beats fp32 on this machine
-    (desta.pick_dtype, the check every script makes); a CPU without fast bf16 would only time its emulation."""
-    picked, why = desta.pick_dtype("cpu")
+    (cli.pick_dtype, the check every script makes); a CPU without fast bf16 would only time its emulation."""
+    picked, why = cli.pick_dtype("cpu")
     out = [("fp32", torch.float32)] + ([("bf16", torch.bfloat16)] if picked == torch.bfloat16 else [])
-    return out, {dtype: name for name, dtype in desta.DTYPES.items()}[picked], why
+    return out, {dtype: name for name, dtype in cli.DTYPES.items()}[picked], why
 
 
 def agreement(ours, ref):

@@ -28,6 +28,7 @@ import desta  # noqa: E402
 import generate  # noqa: E402
 import train  # noqa: E402
 from benchmarks import tiny  # noqa: E402
+from tools import cli  # noqa: E402
 
 QUESTION = "Is the speaker a man or a woman?"
 FORMS = {"Male": "The speaker is a man.", "Female": "The speaker is a woman."}
@@ -49,7 +50,7 @@ def main():
     a = ap.parse_args()
     forms = dict(zip(FORMS, a.forms))
     cfg = train.parse_config([])
-    dtype, why = desta.pick_dtype("cpu")
+    dtype, why = cli.pick_dtype("cpu")
     model = desta.DeSTA.from_pretrained(a.checkpoint, dtype=dtype).eval()
     seeds = [r for r in data.read_jsonl(a.seeds) if r.get("split") == a.split and r.get("num_speakers") == 1]
     if not seeds:

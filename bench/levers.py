@@ -23,17 +23,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import desta  # noqa: E402
 import generate  # noqa: E402
+from tools import cli  # noqa: E402
 from bench import SMOL, chat_prompts  # noqa: E402  (bench/ is on sys.path as the script's folder)
 
 ap = argparse.ArgumentParser()
-ap.add_argument("dtype", choices=sorted(desta.DTYPES))
+ap.add_argument("dtype", choices=sorted(cli.DTYPES))
 ap.add_argument("batch", type=int)
 ap.add_argument("variant", choices=["eager", "fused", "compiled", "compiled-fused", "autotuned"])
 ap.add_argument("--new", type=int, default=64)
 a = ap.parse_args()
 
 tok = desta.Tokenizer.from_pretrained(SMOL)
-llm = desta.Llama.from_pretrained(SMOL, desta.DTYPES[a.dtype])
+llm = desta.Llama.from_pretrained(SMOL, cli.DTYPES[a.dtype])
 prompts = chat_prompts(tok, a.batch)
 # autotuned is the engine's own compiled step; the other variants take its levers one at a time
 eng = generate.Engine(llm, batch_size=a.batch, max_len=max(map(len, prompts)) + a.new, compile=a.variant == "autotuned")

@@ -15,9 +15,9 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import desta  # noqa: E402
 import evaluate  # noqa: E402
 from benchmarks import tiny  # noqa: E402
+from tools import cli  # noqa: E402
 
 
 def main():
@@ -34,7 +34,7 @@ def main():
     if unknown:
         sys.exit(f"--attributes: unknown {unknown}; choose from {list(tiny.TINY_ATTRIBUTES)}")
     rows = [r for r in tiny.load_tiny(a.seeds, split=a.split) if r["kind"] == "mcq" and r["attribute"] in names]
-    dtype, why = desta.pick_dtype("cpu")
+    dtype, why = cli.pick_dtype("cpu")
     print(f"LLM dtype: {why}", file=sys.stderr)
     bb = evaluate.load_backbones(a.checkpoint, dtype=dtype)
     out = Path(a.out or Path(a.checkpoint) / ("tiny_attributes.jsonl" if a.split == tiny.TINY_SPLIT

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import data
 import desta
-import generate
 from benchmarks.ifeval import follows_instruction, SPEECH_IFEVAL_CHECKERS
 from benchmarks.mmau import extract_mmau_answer, mmau_question, mmau_string_match
 from corpus import synthetic
+from tools import cli
 from evaluate import (finalize_predictions, llm_dtype, load_backbones, markdown_table, pct, Prompt, run_prompts,
                       Scored, SYSTEM_DEFAULT, SYSTEM_MCQ, SYSTEM_MMAU, TINY_SYSTEMS, unanswered, write_scores,
                       write_table)
@@ -315,7 +315,7 @@ def main_tiny(args):
     if pending:
         bb = load_backbones(args.checkpoint, args.llm, args.asr, need_asr=pending != ["text"],
                             dtype=llm_dtype(args), device=args.device,
-                            encoder_dtype=generate.DTYPES[args.encoder_dtype])
+                            encoder_dtype=cli.DTYPES[args.encoder_dtype])
         bb.language = args.language
     scores, stats = {}, {}
     for system in systems:

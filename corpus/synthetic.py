@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data import SAMPLE_RATE, Segment, resample, seed_description, write_jsonl, write_wav_atomic
+from data import SAMPLE_RATE, Segment, seed_description, write_jsonl, write_wav_atomic
+from tools.resample import resample
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import soundfile as sf
 import torch
 
 import data
+from tools import resample
 
 FIXTURES = Path(__file__).parents[1] / "../shared/fixtures"
 TOL = 1e-4  # max abs error allowed against the reference log-mel (values span about -1.5..+1.5)
@@ -151,7 +152,7 @@ def test_pad_or_trim():
 def test_resample_keeps_passband_tones(sr, freqs):
     for f in freqs:
         x = tone(f, sr, 0.5)
-        y = data.resample(x, sr, 16000)
+        y = resample.resample(x, sr, 16000)
         assert y.dtype == np.float32 and len(y) == math.ceil(len(x) * 16000 / sr)
         amp, residual = fit_tone(y, f, 16000)
         assert abs(amp - 0.5) < 1e-4 * 0.5, f"{sr}->16000 {f} Hz: amplitude {amp}"
@@ -160,7 +161,7 @@ def test_resample_keeps_passband_tones(sr, freqs):
 
 @pytest.mark.parametrize("sr,f", [(44100, 12000), (44100, 8300), (22050, 9000), (48000, 10000)])
 def test_resample_rejects_tones_above_new_nyquist(sr, f):
-    y = data.resample(tone(f, sr, 0.5), sr, 16000)
+    y = resample.resample(tone(f, sr, 0.5), sr, 16000)
     rms = np.sqrt(np.mean(y[len(y) // 8: -len(y) // 8] ** 2))
     attenuation_db = -20 * np.log10(rms / (0.5 / np.sqrt(2)) + 1e-30)
     assert attenuation_db > 90, f"{f} Hz at {sr} Hz only {attenuation_db:.1f} dB down"
@@ -169,7 +170,7 @@ def test_resample_rejects_tones_above_new_nyquist(sr, f):
 def test_resample_matches_scipy():
     signal = pytest.importorskip("scipy.signal")
     x = (tone(440, 44100) + tone(2500, 44100, amp=0.2)).astype(np.float32)
-    y = data.resample(x, 44100, 16000)
+    y = resample.resample(x, 44100, 16000)
     ref = signal.resample_poly(x.astype(np.float64), 160, 441)  # scipy's Kaiser design (beta 5)
     assert y.shape == ref.shape
     inner = slice(200, -200)  # both pad the edges with zeros; compare away from them
@@ -179,20 +180,20 @@ def test_resample_matches_scipy():
 
 def test_resample_direct_path_matches_polyphase_and_handles_odd_ratios():
     x = np.random.default_rng(0).standard_normal(8000).astype(np.float32)
-    poly = data.resample(x, 44100, 16000)
-    direct = data._resample_direct(torch.from_numpy(x)[None], 44100, 16000, len(poly))[0].numpy()
+    poly = resample.resample(x, 44100, 16000)
+    direct = resample._resample_direct(torch.from_numpy(x)[None], 44100, 16000, len(poly))[0].numpy()
     assert np.abs(poly - direct).max() < 1e-5
     # gcd(16001, 16000) = 1: a 16000-phase bank would be too big, so this takes the direct path
-    y = data.resample(tone(1000, 16001, 0.25), 16001, 16000)
+    y = resample.resample(tone(1000, 16001, 0.25), 16001, 16000)
     amp, residual = fit_tone(y, 1000, 16000)
     assert abs(amp - 0.5) < 1e-4 and residual < 1e-4
 
 
 def test_resample_torch_and_batches():
     x = torch.from_numpy(np.stack([tone(440, 22050, 0.2), tone(880, 22050, 0.2)]))  # (2, 4410)
-    y = data.resample(x, 22050, 16000)
+    y = resample.resample(x, 22050, 16000)
     assert isinstance(y, torch.Tensor) and y.shape == (2, 3200)
-    assert np.allclose(y[1].numpy(), data.resample(x[1].numpy(), 22050, 16000), atol=1e-6)
+    assert np.allclose(y[1].numpy(), resample.resample(x[1].numpy(), 22050, 16000), atol=1e-6)
 
 
 # ---- loading files ----

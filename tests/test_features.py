@@ -11,6 +11,7 @@ import torch
 import data
 import desta
 from tests.test_desta import conversation, make_model
+from tools import cli
 
 transformers = pytest.importorskip("transformers")
 
@@ -108,14 +109,14 @@ def test_training_loss_from_cache_equals_loss_from_audio(random_backbones, tmp_p
 
 
 def test_pick_dtype(monkeypatch):
-    assert desta.pick_dtype("cpu", "bf16") == (torch.bfloat16, "requested")
-    assert desta.pick_dtype("cuda:0")[0] == torch.bfloat16
+    assert cli.pick_dtype("cpu", "bf16") == (torch.bfloat16, "requested")
+    assert cli.pick_dtype("cuda:0")[0] == torch.bfloat16
     with pytest.raises(ValueError, match="dtype 'half'"):
-        desta.pick_dtype("cpu", "half")
+        cli.pick_dtype("cpu", "half")
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    assert desta.pick_dtype("cpu") == (torch.float32, "CPU has AVX2, no bf16 matmul instructions")
+    assert cli.pick_dtype("cpu") == (torch.float32, "CPU has AVX2, no bf16 matmul instructions")
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     for speedup, want in ((6.0, torch.bfloat16), (0.7, torch.float32)):  # decided by the measurement
-        monkeypatch.setattr(desta, "bf16_matmul_speedup", lambda: speedup)
-        dtype, why = desta.pick_dtype("cpu")
+        monkeypatch.setattr(cli, "bf16_matmul_speedup", lambda: speedup)
+        dtype, why = cli.pick_dtype("cpu")
         assert dtype == want and f"{speedup:.2f}x" in why

@@ -5,6 +5,7 @@ import torch
 
 import desta
 import generate
+from asr.pipeline import transcribe_if_speech
 
 transformers = pytest.importorskip("transformers")
 STOP = 7
@@ -255,7 +256,7 @@ def test_vad_listens_to_the_30_seconds_whisper_sees():
     late[data.N_SAMPLES:] = 0.5                                  # "speech" only in second 31
     early = late.flip(0)                                         # speech in the first second
     mel = torch.zeros(2, 80, data.N_FRAMES)
-    assert generate.transcribe_if_speech([late.numpy(), early.numpy()], mel, LoudIsSpeech(), NoASR()) == \
+    assert transcribe_if_speech([late.numpy(), early.numpy()], mel, LoudIsSpeech(), NoASR()) == \
         [" ", "(transcript)"]
 
 

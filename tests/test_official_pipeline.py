@@ -23,8 +23,10 @@ import torch.nn.functional as F
 
 import desta
 import generate
+from asr.pipeline import transcribe_if_speech
 from asr.vad import SILERO_VAD_VERSION
 from asr.whisper import Whisper
+from tools import tokenizer_files
 
 transformers = pytest.importorskip("transformers")
 
@@ -141,7 +143,7 @@ class FixedASR:
 def test_empty_asr_result_stays_empty():
     speech, silence = np.ones(1600, np.float32), np.zeros(1600, np.float32)
     asr = FixedASR(["", "hello"])
-    texts = generate.transcribe_if_speech([speech, silence, speech], torch.zeros(3, 80, 3000), FixedVAD(), asr)
+    texts = transcribe_if_speech([speech, silence, speech], torch.zeros(3, 80, 3000), FixedVAD(), asr)
     assert texts == ["", " ", "hello"]        # "" is no token; " " (no speech) is one
     assert asr.calls == [(2, 128, None)]      # only the clips with speech, <= 128 tokens, no forced language
 
@@ -150,12 +152,12 @@ def test_vad_runs_when_a_transcription_is_given():
     speech, silence = np.ones(1600, np.float32), np.zeros(1600, np.float32)
     mel = torch.zeros(2, 80, 3000)
     given = ["a given text", "a given text"]
-    assert generate.transcribe_if_speech([speech, silence], mel, FixedVAD(), None, given) == ["a given text", " "]
+    assert transcribe_if_speech([speech, silence], mel, FixedVAD(), None, given) == ["a given text", " "]
     # the flag keeps the old behaviour: the given text as it is, no VAD asked
-    assert generate.transcribe_if_speech([speech, silence], mel, None, None, given, vad_with_given=False) == given
+    assert transcribe_if_speech([speech, silence], mel, None, None, given, vad_with_given=False) == given
     # mixed: a clip without a given text still goes to Whisper
     asr = FixedASR(["heard"])
-    assert generate.transcribe_if_speech([speech, speech], mel, FixedVAD(), asr, [None, "x"]) == ["heard", "x"]
+    assert transcribe_if_speech([speech, speech], mel, FixedVAD(), asr, [None, "x"]) == ["heard", "x"]
 
 
 # ----------------------------------------------------------------------------------------- 5. clean-up
@@ -244,11 +246,11 @@ def write_llama(root: Path) -> Path:
                                    initializer_range=0.3, bos_token_id=128000, eos_token_id=[128001, 128008, 128009])
     model = transformers.LlamaForCausalLM(cfg)
     model_file = Path(models.__file__).parent / "llama3" / "tokenizer.model"
-    boost_tokens(model.lm_head.weight, desta.Tokenizer.from_llama3_model(model_file), 3.0)
+    boost_tokens(model.lm_head.weight, desta.Tokenizer.from_file(model_file), 3.0)
     model.save_pretrained(root)
     shutil.copy(model_file, root / "tokenizer.model")
-    TikTokenConverter(vocab_file=str(model_file), pattern=desta.LLAMA3_PATTERN,
-                      extra_special_tokens=desta.LLAMA3_SPECIAL).converted().save(str(root / "tokenizer.json"))
+    TikTokenConverter(vocab_file=str(model_file), pattern=tokenizer_files.LLAMA3_PATTERN,
+                      extra_special_tokens=tokenizer_files.LLAMA3_SPECIAL).converted().save(str(root / "tokenizer.json"))
     (root / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
         "clean_up_tokenization_spaces": True, "chat_template": LLAMA31_TEMPLATE, "model_max_length": 131072}))

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import desta
+from tools import tokenizer_files
 
 CORPUS = [
     "Hello world!",
@@ -96,8 +97,8 @@ def test_tokenizer_json_path_matches_hf(tmp_path, llama3):
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     # HF's own tiktoken -> tokenizer.json conversion, with the Llama 3 specials in id order
-    hf_json = TikTokenConverter(vocab_file=str(llama3_path()), pattern=desta.LLAMA3_PATTERN,
-                                extra_special_tokens=desta.LLAMA3_SPECIAL).converted()
+    hf_json = TikTokenConverter(vocab_file=str(llama3_path()), pattern=tokenizer_files.LLAMA3_PATTERN,
+                                extra_special_tokens=tokenizer_files.LLAMA3_SPECIAL).converted()
     hf_json.save(str(tmp_path / "tokenizer.json"))
     ours = desta.Tokenizer.from_pretrained(tmp_path)
     hf = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 import desta
 import train
+from tools import resume
 from conftest import ROOT, write_tiny_training_set
 
 
@@ -269,9 +270,9 @@ def test_broken_checkpoints_are_skipped_and_not_kept(random_backbones, tmp_path,
     assert "skipping broken checkpoint" in captured.err and "ckpt-00000004 (missing rng-0.pt)" in captured.err
     assert "ckpt-00000005 (missing model.safetensors, train_state.pt, rng-0.pt)" in captured.err
     assert f"resumed from {out / 'ckpt-00000002'} at step 2" in captured.out
-    assert [p.name for p in train.complete_checkpoints(out, 1)] == ["ckpt-00000004", "ckpt-00000006"]
+    assert [p.name for p in resume.complete_checkpoints(out, 1)] == ["ckpt-00000004", "ckpt-00000006"]
     (out / "ckpt-00000006" / "train_state.pt").unlink()
-    assert train.latest_checkpoint(out) == out / "ckpt-00000004"
+    assert resume.latest_checkpoint(out) == out / "ckpt-00000004"
 
 
 def test_resume_with_other_settings_is_refused(random_backbones, tmp_path):
