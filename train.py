@@ -35,14 +35,15 @@ import generate
 
 @dataclass
 class TrainConfig:
-    # data and backbones (ids resolve to weights/<id>; see desta.resolve_weights)
-    llm: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
-    encoder: str = "openai/whisper-tiny.en"
+    # data and backbones (ids resolve to weights/<id>; see desta.resolve_weights); the model's fields carry the
+    # names of the official config.json (desta.DeSTAConfig)
+    llm_model_id: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    encoder_model_id: str = "openai/whisper-tiny.en"
     train_manifest: str = "data_tiny/train.jsonl"
     val_manifest: str = "data_tiny/validation.jsonl"
     data_root: str = "data_tiny"
     out_dir: str = "runs/tiny"
-    # adapter (SPEC 4), under the names of the official config.json (desta.DeSTAConfig)
+    # adapter (SPEC 4)
     qformer_num_hidden_layers: int = 2
     qformer_ffn_dim: int = 3072
     prompt_size: int = 64
@@ -101,7 +102,7 @@ RESUME_FREE = {"out_dir", "val_manifest", "num_workers", "compile", "checkpoint_
 
 def resume_changes(saved: dict, cfg: TrainConfig, saved_rows: int | None, rows: int) -> list[str]:
     """What differs between a checkpoint's training settings (and manifest size) and this run's."""
-    now = asdict(cfg)
+    now, saved = asdict(cfg), {RENAMED.get(k, k): v for k, v in saved.items()}  # older checkpoints: older names
     changes = [f"{k}={saved[k]!r} (now {now[k]!r})" for k in now
                if k in saved and k not in RESUME_FREE and saved[k] != now[k]]
     if saved_rows is not None and saved_rows != rows:
@@ -117,14 +118,15 @@ PRESETS = {
                  prompt_size=32, target_layer_ids="1,3", mask_audio_padding=True, crop_encoder_input=True,
                  feature_cache=data.FEATURES_DIR,
                  eval_every=100, eval_max_new_tokens=48, save_every=100),
-    "desta25": dict(llm="DeSTA-ntu/Llama-3.1-8B-Instruct", encoder="openai/whisper-large-v3",
+    "desta25": dict(llm_model_id="DeSTA-ntu/Llama-3.1-8B-Instruct", encoder_model_id="openai/whisper-large-v3",
                     train_manifest="data/train.jsonl", val_manifest="data/validation.jsonl", data_root="data",
                     out_dir="runs/desta25", qformer_num_hidden_layers=6, num_workers=6, eval_every=5000, save_every=5000),
 }
 
 
 # earlier names of fields, still read on the command line
-RENAMED = {"qformer_layers": "qformer_num_hidden_layers", "taps": "target_layer_ids", "lora": "use_lora"}
+RENAMED = {"qformer_layers": "qformer_num_hidden_layers", "taps": "target_layer_ids", "lora": "use_lora",
+           "llm": "llm_model_id", "encoder": "encoder_model_id"}
 # the smallest value each field may take (more would be a silent 0-step run or a division by zero)
 MINIMUM = dict(batch_size=1, global_batch=1, epochs=1, max_steps=0, warmup_steps=0, num_workers=0, log_every=1,
                eval_every=1, eval_batches=0, eval_samples=0, eval_max_new_tokens=1, save_every=1, keep_last=1,
@@ -156,7 +158,7 @@ def parse_config(argv: list[str]) -> TrainConfig:
 
 def model_config(cfg: TrainConfig) -> desta.DeSTAConfig:
     """The DeSTA model a training config builds (backbones + adapter shape)."""
-    return desta.DeSTAConfig(llm_model_id=cfg.llm, encoder_model_id=cfg.encoder,
+    return desta.DeSTAConfig(llm_model_id=cfg.llm_model_id, encoder_model_id=cfg.encoder_model_id,
                              qformer_num_hidden_layers=cfg.qformer_num_hidden_layers, prompt_size=cfg.prompt_size,
                              qformer_ffn_dim=cfg.qformer_ffn_dim, use_lora=cfg.use_lora,
                              mask_audio_padding=cfg.mask_audio_padding or cfg.crop_encoder_input,
@@ -263,7 +265,7 @@ def feature_cache(cfg: TrainConfig, model, rows: list[dict], rank: int, world: i
         return None
     m = model.cfg
     cache = data.FeatureCache(Path(cfg.data_root) / cfg.feature_cache, cfg.data_root,
-                              desta.resolve_weights(cfg.encoder), model.taps, m.mask_audio_padding, m.crop_encoder_input,
+                              desta.resolve_weights(cfg.encoder_model_id), model.taps, m.mask_audio_padding, m.crop_encoder_input,
                               next(model.whisper.parameters()).dtype)
     clips = list(dict.fromkeys(a["audio"] for r in rows for a in data.row_audios(r)))
     cache.build(model.whisper, clips[rank::world], log=log)
@@ -286,16 +288,6 @@ def model_inputs(model, batch, max_len, device) -> desta.DeSTABatch:
 # -----------------------------------------------------------------------------------------------
 # Training
 # -----------------------------------------------------------------------------------------------
-
-
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}
-
-
-def peak_flops(cfg: TrainConfig) -> float:
-    if cfg.peak_tflops:
-        return cfg.peak_tflops * 1e12
-    name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
-    return next((v * 1e12 for k, v in PEAK_BF16_TFLOPS.items() if k in name), 0.0)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -415,7 +407,7 @@ def main(argv: list[str] | None = None) -> dict:
     # model FLOPs per step (SPEC 11): frozen LLM forward + input-gradient backward ~ 4 x params x tokens,
     # plus the Whisper forward, 2 x params x 1500 frames per clip; the adapter is small next to them
     n_llm, n_whisper = desta.count_parameters(model.llm, False), desta.count_parameters(model.whisper, False)
-    peak = peak_flops(cfg)
+    peak = cli.peak_flops(cfg.peak_tflops)
     t_last = time.time()
     frozen_before = frozen_checksum(model)
     while step < total:

@@ -254,7 +254,7 @@ def bench_train(quick):
     conv = [[{"role": "system", "content": desta.DEFAULT_SYSTEM},
              {"role": "user", "content": f"{desta.framed_audio()}\nDescribe the speaker's voice."}]] * B
     for name, dtype in PRECISIONS:
-        cfg = train.model_config(train.parse_config([f"--llm={SMOL}", f"--encoder={WHISPER}"]))
+        cfg = train.model_config(train.parse_config([f"--llm_model_id={SMOL}", f"--encoder_model_id={WHISPER}"]))
         torch.manual_seed(0)
         model = desta.DeSTA.from_config(cfg, dtype=dtype).train()
         opt = torch.optim.AdamW(model.connector.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=0.01)

@@ -19,9 +19,9 @@ from conftest import ROOT, write_tiny_training_set
 
 
 def args(backbones, manifest, out, **kw):
-    cfg = dict(llm=backbones / "llm", encoder=backbones / "whisper", train_manifest=manifest, val_manifest="",
-               data_root=manifest.parent, out_dir=out, qformer_num_hidden_layers=1, qformer_ffn_dim=48, prompt_size=4,
-               lr=3e-3, warmup_steps=2, batch_size=2, global_batch=4, num_workers=0, log_every=1,
+    cfg = dict(llm_model_id=backbones / "llm", encoder_model_id=backbones / "whisper", train_manifest=manifest,
+               val_manifest="", data_root=manifest.parent, out_dir=out, qformer_num_hidden_layers=1,
+               qformer_ffn_dim=48, prompt_size=4, lr=3e-3, warmup_steps=2, batch_size=2, global_batch=4, num_workers=0, log_every=1,
                save_every=1000, max_steps=8)
     cfg.update(kw)
     return [f"--{k}={v}" for k, v in cfg.items()]
@@ -105,10 +105,15 @@ def test_boolean_flags_accept_the_usual_spellings():
 
 
 def test_earlier_field_names_still_work_on_the_command_line():
-    cfg = train.parse_config(["--qformer_layers=3", "--taps=0,2", "--lora=true"])
+    cfg = train.parse_config(["--qformer_layers=3", "--taps=0,2", "--lora=true", "--llm=L", "--encoder=W"])
     assert (cfg.qformer_num_hidden_layers, cfg.target_layer_ids, cfg.use_lora) == (3, "0,2", True)
+    assert (cfg.llm_model_id, cfg.encoder_model_id) == ("L", "W")
     m = train.model_config(cfg)  # the same names as the official config.json
     assert (m.qformer_num_hidden_layers, m.target_layer_ids, m.use_lora) == (3, [0, 2], True)
+    assert (m.llm_model_id, m.encoder_model_id) == ("L", "W")
+    # a checkpoint written under the earlier names is compared field by field all the same
+    assert train.resume_changes({"llm": "L", "qformer_layers": 3}, cfg, None, 0) == []
+    assert train.resume_changes({"llm": "M"}, cfg, None, 0) == ["llm_model_id='M' (now 'L')"]
 
 
 def test_warmup_cosine_schedule():

@@ -17,7 +17,7 @@ from dataclasses import fields
 import torch
 
 # -----------------------------------------------------------------------------------------------
-# Precision: picked at run time for the machine
+# The machine: the precision picked at run time, the GPU's peak
 # -----------------------------------------------------------------------------------------------
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -54,6 +54,17 @@ def pick_dtype(device, choice: str = "auto") -> tuple[torch.dtype, str]:
     r = bf16_matmul_speedup()
     why = f"bf16 matmul {r:.2f}x fp32 on this CPU ({cap}; bf16 needs >= {BF16_MIN_SPEEDUP}x)"
     return (torch.bfloat16 if r >= BF16_MIN_SPEEDUP else torch.float32), why
+
+
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}  # dense, for MFU (SPEC 11)
+
+
+def peak_flops(tflops: float = 0.0) -> float:
+    """The GPU's dense bf16 peak in FLOP/s: `tflops` if given, else from the device name (0: unknown)."""
+    if tflops:
+        return tflops * 1e12
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
+    return next((v * 1e12 for k, v in PEAK_BF16_TFLOPS.items() if k in name), 0.0)
 
 
 # -----------------------------------------------------------------------------------------------
