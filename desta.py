@@ -951,6 +951,10 @@ class DeSTABatch:
     audio_rows: torch.Tensor     # (A,) row of each audio clip
     audio_starts: torch.Tensor   # (A,) first position of its prompt_size audio vectors
 
+    def to(self, device) -> "DeSTABatch":
+        return DeSTABatch(*(None if t is None else t.to(device) for t in
+                            (self.input_ids, self.attn_mask, self.labels, self.audio_rows, self.audio_starts)))
+
 
 class DeSTA(nn.Module):
     def __init__(self, cfg: DeSTAConfig, whisper: WhisperEncoder, llm: Llama, tokenizer: Tokenizer):

@@ -583,9 +583,7 @@ def llm_dtype(args) -> torch.dtype:
     """--dtype resolved for this machine (tools/cli.py), said once, when a model is first loaded."""
     from tools import cli
     if not isinstance(args.dtype, torch.dtype):
-        dtype, why = cli.pick_dtype(args.device, args.dtype)
-        print(f"precision: {str(dtype).removeprefix('torch.')} ({why})", file=sys.stderr)
-        args.dtype = dtype
+        args.dtype, _ = cli.pick_dtype(args.device, args.dtype, say="precision")
     return args.dtype
 
 
@@ -674,11 +672,7 @@ def main(argv=None):
     p.add_argument("--chunk", type=cli.at_least_one, default=RUN_CHUNK, help="prompts per engine call")
     p.add_argument("--batch-tokens", type=cli.at_least_one, default=PPL_BATCH_TOKENS,
                    help="ppl: padded tokens per forward")
-    p.add_argument("--dtype", choices=["auto", *sorted(cli.DTYPES)], default="auto",
-                   help="the LLM's precision; auto: bf16 on a GPU or a CPU whose bf16 matmul beats fp32 (AMX), "
-                   "else fp32")
-    p.add_argument("--encoder-dtype", choices=sorted(cli.DTYPES), default="fp32",
-                   help="Whisper's precision (encoder and ASR); the authors run it in fp32, the LLM in bf16")
+    cli.precision_arguments(p)
     p.add_argument("--language", help="force the ASR language (e.g. fr); default: Whisper detects it per clip")
     p.add_argument("--device", default=cli.device_for(0))
     p.add_argument("--split", default=tiny.TINY_SPLIT, help="tiny: the manifest split to ask about")

@@ -489,10 +489,7 @@ def desta_inputs(model: desta.DeSTA, conversations: list[list[dict]], transcript
     transcriptions[i] has one text per locator of conversation i; audio (A, prompt_size, dim) holds the
     adapter's vectors for every locator, in conversation order (DeSTA.build_batch's span order).
     """
-    device = model.llm.embed_tokens.weight.device
-    b = model.build_batch(conversations, transcriptions)
-    b = desta.DeSTABatch(b.input_ids.to(device), b.attn_mask.to(device), None, b.audio_rows.to(device),
-                         b.audio_starts.to(device))
+    b = model.build_batch(conversations, transcriptions).to(model.llm.embed_tokens.weight.device)
     embeds = model.embed(b, audio)
     return [embeds[i][b.attn_mask[i]] for i in range(len(conversations))]
 
@@ -548,8 +545,7 @@ def main_selfgen(argv):
                     help="end each answer at the first occurrence of this text, e.g. '\\n\\n' (the first paragraph); "
                     "\\n and \\t are read as a newline and a tab")
     ap.add_argument("--batch-size", type=cli.at_least_one, default=16)
-    ap.add_argument("--dtype", choices=["auto", *sorted(cli.DTYPES)], default="auto",
-                    help="auto: bf16 on a GPU or a CPU whose bf16 matmul beats fp32 (AMX), else fp32")
+    cli.precision_arguments(ap, encoder=False)
     ap.add_argument("--limit", type=cli.at_least_one, default=None, help="only N seed rows, evenly spread over the manifest")
     ap.add_argument("--one-voice", action="store_true",
                     help="only clips whose seed description has one spoken segment (questions about the speaker)")
@@ -597,8 +593,7 @@ def main_selfgen(argv):
             print(f"{out}: complete ({len(have)} rows), nothing to do", file=sys.stderr)
             return
     llm_dir = desta.resolve_weights(a.llm)
-    dtype, why = cli.pick_dtype(cli.device_for(rank), a.dtype)
-    print(f"selfgen: {str(dtype).removeprefix('torch.')} ({why})", file=sys.stderr)
+    dtype, _ = cli.pick_dtype(cli.device_for(rank), a.dtype, say="selfgen")
     llm = desta.Llama.from_pretrained(llm_dir, dtype, cli.device_for(rank))
     tok = desta.Tokenizer.from_pretrained(llm_dir)
     sampling = Sampling(a.max_new_tokens, a.temperature, a.top_p)
@@ -648,11 +643,7 @@ def main_infer(argv):
     ap.add_argument("--temperature", type=cli.non_negative, default=0.0)
     ap.add_argument("--top-p", type=cli.probability, default=1.0)
     ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--dtype", choices=["auto", *sorted(cli.DTYPES)], default="auto",
-                    help="the LLM's precision; auto: bf16 on a GPU or a CPU whose bf16 matmul beats fp32 (AMX), "
-                    "else fp32")
-    ap.add_argument("--encoder-dtype", choices=sorted(cli.DTYPES), default="fp32",
-                    help="Whisper's (encoder and ASR) precision; the authors run it in fp32")
+    cli.precision_arguments(ap)
     ap.add_argument("--out", default=None, help="also write one json line per file: audio, transcription, "
                     "response, response_ids, vad")
     a = ap.parse_args(argv)
@@ -661,8 +652,7 @@ def main_infer(argv):
                  "to ask DeSTA about the audio (its LLM comes from --checkpoint)")
     sampling = Sampling(a.max_new_tokens, a.temperature, a.top_p, a.seed)
     device = cli.device_for(0)
-    dtype, why = cli.pick_dtype(device, a.dtype)
-    print(f"precision: {str(dtype).removeprefix('torch.')} ({why})", file=sys.stderr)
+    dtype, _ = cli.pick_dtype(device, a.dtype, say="precision")
     if a.llm or not a.audio:
         llm_dir = desta.resolve_weights(a.llm or desta.DeSTAConfig().llm_model_id)
         llm, tok = desta.Llama.from_pretrained(llm_dir, dtype, device), desta.Tokenizer.from_pretrained(llm_dir)

@@ -277,12 +277,9 @@ def feature_cache(cfg: TrainConfig, model, rows: list[dict], rank: int, world: i
 def model_inputs(model, batch, max_len, device) -> desta.DeSTABatch:
     """Tokenize a collated batch: chat context with audio spans, transcriptions capped (SPEC 5)."""
     rows = batch["rows"]
-    messages = [[{k: v for k, v in m.items() if k != "audios"} for m in r["messages"]] for r in rows]
     texts = [[a.get("text") or " " for a in data.row_audios(r)] for r in rows]
-    b = model.build_batch(messages, texts, [r["response"] for r in rows], cap_transcription=True, max_len=max_len,
-                          finished=[r.get("finished", True) for r in rows])
-    return desta.DeSTABatch(*(t.to(device) if t is not None else None for t in
-                              (b.input_ids, b.attn_mask, b.labels, b.audio_rows, b.audio_starts)))
+    return model.build_batch([r["messages"] for r in rows], texts, [r["response"] for r in rows], cap_transcription=True,
+                             max_len=max_len, finished=[r.get("finished", True) for r in rows]).to(device)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -465,7 +462,7 @@ def main(argv: list[str] | None = None) -> dict:
             step += 1
             rec = {"step": step, "loss": loss_sum, "lr": opt.param_groups[0]["lr"], "grad_norm": grad_norm}
             if cfg.check_sync:
-                rec["adapter_checksum"] = check_ranks_agree(adapter_checksum(model), world, step)
+                rec["adapter_checksum"] = cli.check_ranks_agree(adapter_checksum(model), world, step)
             if step % cfg.log_every == 0 or step == total:
                 dt = time.time() - t_last
                 rec.update(samples_per_s=samples * world / dt, tokens_per_s=tokens * world / dt, skipped=skipped)
@@ -501,15 +498,6 @@ def main(argv: list[str] | None = None) -> dict:
     if world > 1:
         dist.destroy_process_group()
     return result
-
-
-def check_ranks_agree(value: float, world: int, step: int) -> float:
-    if world > 1:
-        got = [None] * world
-        dist.all_gather_object(got, value)
-        if len(set(got)) != 1:
-            raise SystemExit(f"adapter weights differ across ranks after step {step}: {got}")
-    return value
 
 
 def worker_init(_):

@@ -134,8 +134,7 @@ def main():
     response = " ".join(["The speaker sounds calm and speaks clearly in a quiet room."] * 15)
     batch = model.build_batch(conv, [["Hello there, this is a test recording of a single speaker."]] * B,
                               [response] * B, cap_transcription=True, max_len=300)
-    batch = desta.DeSTABatch(*(t.to(dev) for t in (batch.input_ids, batch.attn_mask, batch.labels,
-                                                      batch.audio_rows, batch.audio_starts)))
+    batch = batch.to(dev)
     mel = torch.randn(B, 128, 3000, device=dev)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
 

@@ -101,8 +101,7 @@ def test_training_loss_from_cache_equals_loss_from_audio(random_backbones, tmp_p
         from_audio = data.collate([data.AudioTextDataset(rows, tmp_path, 80)[i] for i in range(3)])
         from_cache = data.collate([data.AudioTextDataset(rows, tmp_path, 80, cache)[i] for i in range(3)])
         assert from_audio["audio"] is None and from_cache["mel"] is None
-        b = model.build_batch([[{k: v for k, v in m.items() if k != "audios"} for m in r["messages"]] for r in rows],
-                              [[" "]] * 3, [r["response"] for r in rows])
+        b = model.build_batch([r["messages"] for r in rows], [[" "]] * 3, [r["response"] for r in rows])
         with torch.no_grad():
             a, c = model(from_audio["mel"], b), model(from_cache["audio"], b)
         assert torch.allclose(a, c, atol=1e-6, rtol=0), (crop, a.item(), c.item())

@@ -11,6 +11,7 @@ The scripts import this module inside their command-line functions, never at mod
 """
 import argparse
 import os
+import sys
 import time
 from dataclasses import fields
 
@@ -39,21 +40,36 @@ def bf16_matmul_speedup(n: int = 1024, budget_s: float = 0.5) -> float:
     return best(torch.float32) / best(torch.bfloat16)
 
 
-def pick_dtype(device, choice: str = "auto") -> tuple[torch.dtype, str]:
+def pick_dtype(device, choice: str = "auto", say: str | None = None) -> tuple[torch.dtype, str]:
     """The backbones' precision: `choice` if given; auto = bf16 on a GPU, and on a CPU whose bf16 matmul
-    beats fp32 (AMX: ~6x measured), fp32 elsewhere (without AMX, bf16 is slower). -> (dtype, why)."""
+    beats fp32 (AMX: ~6x measured), fp32 elsewhere (without AMX, bf16 is slower). -> (dtype, why).
+    say: print the choice to stderr under this label."""
+    cap = torch.backends.cpu.get_cpu_capability()
     if choice != "auto":
         if choice not in DTYPES:
             raise ValueError(f"dtype {choice!r}: one of auto, {', '.join(DTYPES)}")
-        return DTYPES[choice], "requested"
-    if str(device).startswith("cuda"):
-        return torch.bfloat16, "GPU"
-    cap = torch.backends.cpu.get_cpu_capability()
-    if "AVX512" not in cap and "AMX" not in cap:  # no bf16 instructions at all: emulated, many times slower
-        return torch.float32, f"CPU has {cap}, no bf16 matmul instructions"
-    r = bf16_matmul_speedup()
-    why = f"bf16 matmul {r:.2f}x fp32 on this CPU ({cap}; bf16 needs >= {BF16_MIN_SPEEDUP}x)"
-    return (torch.bfloat16 if r >= BF16_MIN_SPEEDUP else torch.float32), why
+        dtype, why = DTYPES[choice], "requested"
+    elif str(device).startswith("cuda"):
+        dtype, why = torch.bfloat16, "GPU"
+    elif "AVX512" not in cap and "AMX" not in cap:  # no bf16 instructions at all: emulated, many times slower
+        dtype, why = torch.float32, f"CPU has {cap}, no bf16 matmul instructions"
+    else:
+        r = bf16_matmul_speedup()
+        dtype = torch.bfloat16 if r >= BF16_MIN_SPEEDUP else torch.float32
+        why = f"bf16 matmul {r:.2f}x fp32 on this CPU ({cap}; bf16 needs >= {BF16_MIN_SPEEDUP}x)"
+    if say:
+        print(f"{say}: {str(dtype).removeprefix('torch.')} ({why})", file=sys.stderr)
+    return dtype, why
+
+
+def precision_arguments(ap: argparse.ArgumentParser, encoder: bool = True) -> None:
+    """--dtype (the LLM's precision, or auto: pick_dtype) and --encoder-dtype (Whisper's and the adapter's)."""
+    ap.add_argument("--dtype", choices=["auto", *sorted(DTYPES)], default="auto",
+                    help="the LLM's precision; auto: bf16 on a GPU or a CPU whose bf16 matmul beats fp32 (AMX), "
+                    "else fp32")
+    if encoder:
+        ap.add_argument("--encoder-dtype", choices=sorted(DTYPES), default="fp32",
+                        help="Whisper's precision (encoder and ASR); the authors run it in fp32, the LLM in bf16")
 
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0}  # dense, for MFU (SPEC 11)
@@ -85,6 +101,16 @@ def device_for(rank: int) -> str:
     if torch.cuda.is_available():
         return f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
     return "cpu"
+
+
+def check_ranks_agree(value: float, world: int, step: int) -> float:
+    """train.py --check_sync: every rank holds the same adapter checksum after a step, or the run stops."""
+    if world > 1:
+        got = [None] * world
+        torch.distributed.all_gather_object(got, value)
+        if len(set(got)) != 1:
+            raise SystemExit(f"adapter weights differ across ranks after step {step}: {got}")
+    return value
 
 
 # -----------------------------------------------------------------------------------------------
