@@ -63,8 +63,8 @@ if TYPE_CHECKING:  # asr/ is tooling beside the scripts: imported lazily, where 
 # -----------------------------------------------------------------------------------------------------
 # 0. Shared pieces
 
-# System prompts (paper; SPEC 10). MMAU uses the authors' released evaluation prompt.
-SYSTEM_DEFAULT = "Focus on the audio clips and instructions."
+# System prompts (paper; SPEC 10): desta.DEFAULT_SYSTEM, the one training uses, except where a benchmark has its
+# own. MMAU uses the authors' released evaluation prompt.
 # Multiple choice (Dynamic-SUPERB, SAKURA) as the authors' docs/evaluation_tips.md gives it: "instruction"
 # (singular; the paper writes "instructions.") and the user turn `<|AUDIO|> {instruction}`, a space after
 # the audio. Paper and code disagree; we follow the code.

@@ -17,10 +17,10 @@ import desta
 from benchmarks.ifeval import follows_instruction, SPEECH_IFEVAL_CHECKERS
 from benchmarks.mmau import extract_mmau_answer, mmau_question, mmau_string_match
 from corpus import synthetic
-from tools import cli
 from evaluate import (finalize_predictions, llm_dtype, load_backbones, markdown_table, pct, Prompt, run_prompts,
-                      Scored, SYSTEM_DEFAULT, SYSTEM_MCQ, SYSTEM_MMAU, TINY_SYSTEMS, unanswered, write_scores,
+                      Scored, SYSTEM_MCQ, SYSTEM_MMAU, TINY_SYSTEMS, unanswered, write_scores,
                       write_table)
+from tools import cli
 
 # -----------------------------------------------------------------------------------------------------
 # 7. tiny: the synthetic corpus's held-out test split as multiple-choice questions on its ground truth
@@ -154,7 +154,7 @@ def tiny_prompt(row, mcq=TINY_MCQ):
                           options=list(row["choices"]), reply_prefix=f"{row['attribute']}: ")
         return Prompt(row["id"], SYSTEM_MMAU, mmau_question(row["question"], row["choices"]), [row["audio"]], "\n",
                       texts=[row["seed_description"]], max_new_tokens=TINY_MCQ_MAX_NEW_TOKENS)
-    return Prompt(row["id"], SYSTEM_DEFAULT, row["instruction"], [row["audio"]], "\n", texts=[row["seed_description"]])
+    return Prompt(row["id"], desta.DEFAULT_SYSTEM, row["instruction"], [row["audio"]], "\n", texts=[row["seed_description"]])
 
 
 def score_tiny(rows, responses):
