@@ -23,8 +23,9 @@ What puts the files on disk in the first place lives beside this file, and `main
                       per corpus (`summary`)
 Each of them defines its own subcommands (`add_commands`); `main` builds the command line from them.
 
-Imports go one way: desta <- data <- generate <- train, evaluate; the folders above import data.py,
-never the other way round (main imports them when it builds the command line).
+Imports go one way: desta <- data <- generate <- train, evaluate; the folders above import data.py, and
+data.py imports them only inside a function (main, when it builds the command line; load_audio, for the
+resampler).
 """
 
 import argparse
