@@ -301,9 +301,8 @@ def main(argv: list[str] | None = None) -> dict:
     log = (lambda *a: print(*a, flush=True)) if master else (lambda *a: None)
 
     # ---- manifests first: a bad row is reported before minutes of model loading
-    rows = data.read_jsonl(cfg.train_manifest, required=("id", "messages", "response"), check=data.training_row_problem)
-    val_rows = data.read_jsonl(cfg.val_manifest, required=("id", "messages", "response"),
-                               check=data.training_row_problem) \
+    rows = data.read_jsonl(cfg.train_manifest, check=data.training_row_problem)  # names a bad row's file and line
+    val_rows = data.read_jsonl(cfg.val_manifest, check=data.training_row_problem) \
         if cfg.val_manifest and Path(cfg.val_manifest).is_file() else []
     if not rows:
         raise SystemExit(f"{cfg.train_manifest}: no rows to train on")
