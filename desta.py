@@ -390,8 +390,14 @@ class LlamaAttention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache_at is not None:  # (rows, pos): store this step's keys/values, attend over the rows' cache
             k, v = self.kv_cache.update(*cache_at, k, v)
-        # GQA: SDPA broadcasts each KV head over its query group, no repeated copies in memory
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
+        if T == 1 and self.n_kv_heads != self.n_heads:
+            # a decode step: each KV head's group of query heads becomes one block of query rows (transformers'
+            # pack_gqa), so SDPA's CPU kernel packs each KV head once, not once per query head (bf16, batch 16,
+            # a CPU without AMX: 1.29 -> 0.23 ms a call, decode 1.4-1.5x faster; README "Speed")
+            y = F.scaled_dot_product_attention(q.view(B, self.n_kv_heads, -1, self.head_dim), k, v, attn_mask=mask)
+            y = y.view(B, self.n_heads, 1, self.head_dim)
+        else:  # GQA: SDPA broadcasts each KV head over its query group, no repeated copies in memory
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv_heads != self.n_heads)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
