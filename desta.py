@@ -680,11 +680,6 @@ class Tokenizer:
         text = data.decode("utf-8", errors="replace")
         return clean_up_tokenization(text) if (self.clean_up if clean_up is None else clean_up) else text
 
-    def token_id(self, token: str) -> int:
-        if token not in self.special:
-            raise KeyError(f"{token!r} is not a special token of this tokenizer")
-        return self.special[token]
-
     # -- chat --------------------------------------------------------------------------------
     def default_system(self) -> str | None:
         """ChatML templates (SmolLM2, Qwen2.5) insert their own system turn when none is given."""
