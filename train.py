@@ -265,8 +265,8 @@ def feature_cache(cfg: TrainConfig, model, rows: list[dict], rank: int, world: i
         return None
     m = model.cfg
     cache = data.FeatureCache(Path(cfg.data_root) / cfg.feature_cache, cfg.data_root,
-                              desta.resolve_weights(cfg.encoder_model_id), model.taps, m.mask_audio_padding, m.crop_encoder_input,
-                              next(model.whisper.parameters()).dtype)
+                              desta.resolve_weights(cfg.encoder_model_id), model.taps, m.mask_audio_padding,
+                              m.crop_encoder_input, next(model.whisper.parameters()).dtype)
     clips = list(dict.fromkeys(a["audio"] for r in rows for a in data.row_audios(r)))
     cache.build(model.whisper, clips[rank::world], log=log)
     if world > 1:
@@ -278,8 +278,9 @@ def model_inputs(model, batch, max_len, device) -> desta.DeSTABatch:
     """Tokenize a collated batch: chat context with audio spans, transcriptions capped (SPEC 5)."""
     rows = batch["rows"]
     texts = [[a.get("text") or " " for a in data.row_audios(r)] for r in rows]
-    return model.build_batch([r["messages"] for r in rows], texts, [r["response"] for r in rows], cap_transcription=True,
-                             max_len=max_len, finished=[r.get("finished", True) for r in rows]).to(device)
+    return model.build_batch([r["messages"] for r in rows], texts, [r["response"] for r in rows],
+                             cap_transcription=True, max_len=max_len,
+                             finished=[r.get("finished", True) for r in rows]).to(device)
 
 
 # -----------------------------------------------------------------------------------------------
