@@ -1,8 +1,8 @@
 """
 What the scripts' command lines share, none of it the method:
 
-  * the precision this machine runs best: bf16 on a GPU or on a CPU whose bf16 matmul beats fp32 (AMX),
-    else fp32, decided at run time and said once (pick_dtype);
+  * the precision this machine runs best: bf16 on a GPU or on a CPU whose bf16 matmul beats fp32 (AMX,
+    AVX-512 bf16), else fp32, decided at run time and said once (pick_dtype);
   * torchrun's rank, world size and device (dist_setup, device_for);
   * argparse types that name the range a number must lie in, and `--key=value` overrides of a dataclass
     config in the manner of nanoGPT's configurator (train.py's only command-line parser).
@@ -42,7 +42,8 @@ def bf16_matmul_speedup(n: int = 1024, budget_s: float = 0.5) -> float:
 
 def pick_dtype(device, choice: str = "auto", say: str | None = None) -> tuple[torch.dtype, str]:
     """The backbones' precision: `choice` if given; auto = bf16 on a GPU, and on a CPU whose bf16 matmul
-    beats fp32 (AMX: ~6x measured), fp32 elsewhere (without AMX, bf16 is slower). -> (dtype, why).
+    beats fp32 (measured 3.8-6x with AMX, 4.1x with AVX-512 bf16 alone), fp32 elsewhere (without bf16
+    instructions it is emulated, many times slower). -> (dtype, why).
     say: print the choice to stderr under this label."""
     cap = torch.backends.cpu.get_cpu_capability()
     if choice != "auto":
@@ -65,7 +66,7 @@ def pick_dtype(device, choice: str = "auto", say: str | None = None) -> tuple[to
 def precision_arguments(ap: argparse.ArgumentParser, encoder: bool = True) -> None:
     """--dtype (the LLM's precision, or auto: pick_dtype) and --encoder-dtype (Whisper's and the adapter's)."""
     ap.add_argument("--dtype", choices=["auto", *sorted(DTYPES)], default="auto",
-                    help="the LLM's precision; auto: bf16 on a GPU or a CPU whose bf16 matmul beats fp32 (AMX), "
+                    help="the LLM's precision; auto: bf16 on a GPU or a CPU whose bf16 matmul beats fp32 (e.g. AMX), "
                     "else fp32")
     if encoder:
         ap.add_argument("--encoder-dtype", choices=sorted(DTYPES), default="fp32",
