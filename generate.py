@@ -593,16 +593,16 @@ def main_selfgen(argv):
             print(f"{out}: complete ({len(have)} rows), nothing to do", file=sys.stderr)
             return
     llm_dir = desta.resolve_weights(a.llm)
-    dtype, _ = cli.pick_dtype(cli.device_for(rank), a.dtype, say="selfgen")
-    llm = desta.Llama.from_pretrained(llm_dir, dtype, cli.device_for(rank))
+    device = cli.device_for(rank)
+    dtype, _ = cli.pick_dtype(device, a.dtype, say="selfgen")
+    llm = desta.Llama.from_pretrained(llm_dir, dtype, device)
     tok = desta.Tokenizer.from_pretrained(llm_dir)
     sampling = Sampling(a.max_new_tokens, a.temperature, a.top_p)
     stats = self_generate(llm, tok, rows, pools, out, k, a.seed, sampling, a.batch_size, rank, world,
                           compile=a.compile, k_attributes=a.k_attributes, stop=a.stop)
     print(f"selfgen rank {rank}: wrote {stats['rows']} rows, {stats['tokens']} tokens in {stats['seconds']:.1f} s",
           file=sys.stderr)
-    if world > 1:
-        torch.distributed.barrier()
+    cli.barrier(world)
     if rank == 0:
         n = merge_parts(out, rows, pools, k, a.seed, a.k_attributes)
         print(f"{out}: {n} rows", file=sys.stderr)

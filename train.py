@@ -263,14 +263,14 @@ def feature_cache(cfg: TrainConfig, model, rows: list[dict], rank: int, world: i
     computes its share; a second run computes nothing), then train from the cache."""
     if not cfg.feature_cache:
         return None
+    from tools import cli
     m = model.cfg
     cache = data.FeatureCache(Path(cfg.data_root) / cfg.feature_cache, cfg.data_root,
                               desta.resolve_weights(cfg.encoder_model_id), model.taps, m.mask_audio_padding,
                               m.crop_encoder_input, next(model.whisper.parameters()).dtype)
     clips = list(dict.fromkeys(a["audio"] for r in rows for a in data.row_audios(r)))
     cache.build(model.whisper, clips[rank::world], log=log)
-    if world > 1:
-        dist.barrier()
+    cli.barrier(world)
     return cache
 
 

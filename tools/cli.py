@@ -104,6 +104,12 @@ def device_for(rank: int) -> str:
     return "cpu"
 
 
+def barrier(world: int) -> None:
+    """Every rank waits here for the others (nothing to wait for in a single process)."""
+    if world > 1:
+        torch.distributed.barrier()
+
+
 def check_ranks_agree(value: float, world: int, step: int) -> float:
     """train.py --check_sync: every rank holds the same adapter checksum after a step, or the run stops."""
     if world > 1:

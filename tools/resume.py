@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 import data
 import desta
+from tools import cli
 
 # -----------------------------------------------------------------------------------------------
 # Training checkpoints
@@ -83,9 +83,9 @@ def save_checkpoint(model, opt, step, epoch, batch_in_epoch, cfg, rank, world, o
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    barrier(world)
+    cli.barrier(world)
     torch.save(rng_state(), tmp / f"rng-{rank}.pt")
-    barrier(world)
+    cli.barrier(world)
     if rank == 0:
         model.save_pretrained(tmp)
         torch.save({"optimizer": opt.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
@@ -96,12 +96,7 @@ def save_checkpoint(model, opt, step, epoch, batch_in_epoch, cfg, rank, world, o
         os.replace(tmp, final)  # a checkpoint folder exists only once complete
         for old in complete_checkpoints(out_dir, world)[:-cfg.keep_last]:  # broken ones are not kept ones
             shutil.rmtree(old)
-    barrier(world)
-
-
-def barrier(world: int) -> None:
-    if world > 1:
-        dist.barrier()
+    cli.barrier(world)
 
 
 # -----------------------------------------------------------------------------------------------
