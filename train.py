@@ -67,7 +67,7 @@ class TrainConfig:
     val_max_seq_len: int = 512
     seed: int = 42
     # machinery
-    dtype: str = "auto"           # backbones: auto = bf16 on a GPU or an AMX CPU, else fp32 (tools/cli.py)
+    dtype: str = "auto"           # backbones: auto = bf16 on a GPU or a CPU with fast bf16 matmul, else fp32 (tools/cli.py)
     autocast: str = "auto"        # auto = bf16 autocast when the backbones are bf16; "none" or "bf16" to force
     num_workers: int = 2
     compile: bool = False
